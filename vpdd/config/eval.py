@@ -1,0 +1,28 @@
+"""Config group ``eval``: closed-loop evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vpdd.config.base import Check, Validated, positive
+from vpdd.envs.tasks import unknown_tasks
+
+
+@dataclass
+class EvalConfig(Validated):
+    tasks: list[str] = field(default_factory=list)  # empty: the fine-tuning tasks (data.robot.tasks)
+    episodes_per_task: int = 5
+    seeds: list[int] = field(default_factory=lambda: [0])
+    max_steps: int = 200  # the paper's evaluation episode limit
+    n_envs: int = 4  # environments stepped as one batch
+    execute_steps: int = 1  # actions executed from each predicted chunk (the paper executes 1)
+    sampling_stride: int = 1  # reverse-diffusion stride at evaluation time
+    videos_per_task: int = 1
+
+    def checks(self) -> list[Check]:
+        return [
+            Check("tasks", not unknown_tasks(self.tasks), f"Meta-World v3 task names; unknown: {unknown_tasks(self.tasks)}"),
+            *positive(self, "episodes_per_task", "max_steps", "n_envs", "execute_steps", "sampling_stride"),
+            Check("seeds", len(self.seeds) > 0, "at least one seed"),
+            Check("videos_per_task", self.videos_per_task >= 0, "a value >= 0"),
+        ]

@@ -1,0 +1,1 @@
+"""Raw data: robot episodes, the actionless video corpus, and their on-disk formats."""

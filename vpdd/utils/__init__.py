@@ -1,0 +1,1 @@
+"""Small helpers shared across vpdd: atomic file output, hashing, logging setup."""
