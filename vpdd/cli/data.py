@@ -1,0 +1,182 @@
+"""``vpdd data``: collect robot demonstrations, build the actionless corpus, and fetch the pinned raw data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from vpdd.cli.common import add_params_arg, params
+
+log = logging.getLogger("vpdd.data")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="raw data: collect, ingest, fetch")
+    sp = p.add_subparsers(dest="data_cmd", required=True)
+
+    c = sp.add_parser("collect-metaworld", help="scripted-expert demonstrations of Meta-World tasks")
+    add_params_arg(c)
+    c.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    c.add_argument("--tasks", nargs="+", help="task names (default: data.robot.tasks); 'MT50' for all 50")
+    c.add_argument("--demos", type=int, help="demonstrations per task (default: data.robot.demos_per_task)")
+    c.add_argument("--resolution", type=int, help="frame size (default: env.resolution)")
+    c.add_argument("--seed", type=int, help="base seed (default: data.robot.seed)")
+    c.add_argument("--workers", type=int, help="processes (default: data.workers)")
+    c.add_argument("--keep-failures", action="store_true", help="keep failed demonstrations instead of dropping them")
+    c.set_defaults(func=_collect)
+
+    m = sp.add_parser("render-corpus", help="render the default actionless corpus (mp4 videos, no actions)")
+    add_params_arg(m)
+    m.add_argument("--out", required=True)
+    m.set_defaults(func=_render_corpus)
+
+    i = sp.add_parser("ingest-videos", help="decode a folder of videos into clips")
+    i.add_argument("src", help="folder of videos (mp4, webm, avi, mkv, mov), searched recursively")
+    add_params_arg(i)
+    i.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    i.add_argument("--report", help="also write the ingest report (counts) to this JSON file")
+    i.add_argument("--resolution", type=int, help="default: env.resolution")
+    i.add_argument("--strict", action="store_true", help="a bad video is an error instead of a skipped file")
+    i.set_defaults(func=_ingest)
+
+    n = sp.add_parser("inspect", help="validate robot episodes and summarise them as JSON")
+    n.add_argument("root", help="a folder written by collect-metaworld, e.g. data/metaworld")
+    n.add_argument("--out", help="write the summary here (default: stdout)")
+    n.set_defaults(func=_inspect)
+
+    f = sp.add_parser("fetch", help="make data/ match data.dvc: dvc pull, else regenerate and verify")
+    add_params_arg(f)
+    f.add_argument("--root", default="data")
+    f.add_argument("--repin", action="store_true", help="regenerate without pulling and pin the result even if it differs")
+    f.set_defaults(func=_fetch)
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from vpdd.data.collect import collect_metaworld
+    from vpdd.data.defaults import collect_spec
+    from vpdd.envs.tasks import MT50_TASKS
+
+    cfg = params(args)
+    overrides = {}
+    if args.tasks:
+        overrides["tasks"] = list(MT50_TASKS) if args.tasks == ["MT50"] else args.tasks
+    for key, value in (("demos_per_task", args.demos), ("resolution", args.resolution), ("seed", args.seed)):
+        if value is not None:
+            overrides[key] = value
+    if args.keep_failures:
+        overrides["keep_failures"] = True
+    report = collect_metaworld(collect_spec(cfg, **overrides), args.out, workers=args.workers or cfg.data.workers,
+                               progress=sys.stderr.isatty())
+    print(json.dumps({k: report[k] for k in ("episodes", "frames", "attempts", "dropped_failures")}))
+    return 0
+
+
+def _render_corpus(args: argparse.Namespace) -> int:
+    from vpdd.data.collect import render_actionless_corpus
+
+    cfg = params(args)
+    c = cfg.data.corpus
+    report = render_actionless_corpus(
+        list(c.tasks), c.videos_per_task, args.out, camera=c.camera, resolution=c.render_resolution, fps=c.fps,
+        captioned_fraction=c.captioned_fraction, seed=c.seed, max_steps=cfg.data.robot.max_steps,
+        render_backend=cfg.env.render_backend, progress=sys.stderr.isatty(),
+    )
+    print(json.dumps(report))
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from vpdd.data.corpus import ingest_videos
+    from vpdd.utils.io import atomic_write_json
+
+    cfg = params(args)
+    ing = cfg.data.ingest
+    report = ingest_videos(
+        args.src, args.out, resolution=args.resolution or cfg.env.resolution, clip_length=ing.clip_length,
+        clip_stride=ing.clip_stride, frame_step=ing.frame_step, min_frames=ing.min_frames,
+        default_caption=ing.default_caption, strict=args.strict, progress=sys.stderr.isatty(),
+    )
+    if args.report:
+        atomic_write_json(args.report, report)
+    print(json.dumps({k: v for k, v in report.items() if k != "skipped"}))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from vpdd.data.episodes import EpisodeStore
+    from vpdd.utils.io import atomic_write_json
+
+    store = EpisodeStore(args.root)
+    lengths, per_task = [], {}
+    for entry in store.entries:
+        episode = store.load(entry)  # validates every file, not only the index
+        lengths.append(len(episode))
+        t = per_task.setdefault(episode.task, {"episodes": 0, "successes": 0, "frames": 0})
+        t["episodes"] += 1
+        t["successes"] += int(bool(episode.meta.get("success")))
+        t["frames"] += len(episode)
+    summary = {"episodes": len(lengths), "frames": sum(lengths), "tasks": len(per_task),
+               "mean_length": round(sum(lengths) / len(lengths), 2), "per_task": per_task}
+    if args.out:
+        atomic_write_json(args.out, summary)
+    else:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _dvc(*argv: str, check: bool = False) -> subprocess.CompletedProcess:
+    exe = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    return subprocess.run([exe, *argv], capture_output=True, text=True, check=check)
+
+
+def _pinned_md5(dvc_file: Path) -> str | None:
+    import yaml
+
+    if not dvc_file.is_file():
+        return None
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from vpdd.data.defaults import generate_default_data
+
+    root = Path(args.root)
+    dvc_file = root.with_name(root.name + ".dvc")
+    pinned = _pinned_md5(dvc_file)
+    if pinned and not args.repin:
+        status = _dvc("status", str(dvc_file), "--json")
+        if status.returncode == 0 and status.stdout.strip() in ("{}", ""):
+            print(f"{root}/ matches {dvc_file} ({pinned})")
+            return 0
+        pulled = _dvc("pull", str(dvc_file), "-q")
+        if pulled.returncode == 0 and _dvc("status", str(dvc_file), "--json").stdout.strip() in ("{}", ""):
+            print(f"{root}/ pulled from the DVC remote ({pinned})")
+            return 0
+        log.info("no DVC remote holds %s (%s); regenerating it", pinned, (pulled.stderr or "").strip()[:200])
+    cfg = params(args)
+    generate_default_data(cfg, root, progress=sys.stderr.isatty())
+    before = dvc_file.read_text() if dvc_file.is_file() else None
+    added = _dvc("add", str(root), "-q")
+    if added.returncode != 0:
+        raise RuntimeError(f"dvc add {root} failed: {added.stderr.strip()}")
+    got = _pinned_md5(dvc_file)
+    if pinned and got != pinned and not args.repin:
+        dvc_file.write_text(before)  # keep the pin: never re-pin silently
+        raise ValueError(
+            f"{root}/ was regenerated but differs from the version pinned in {dvc_file}: pinned {pinned}, "
+            f"regenerated {got}. The renderer, MuJoCo or the collection settings differ from the machine that "
+            f"pinned it. Get the pinned data from a DVC remote (`dvc pull`), or accept this version with "
+            f"`vpdd data fetch --repin` and commit {dvc_file}."
+        )
+    pushed = _dvc("push", str(dvc_file), "-q")
+    if pushed.returncode != 0:
+        log.warning("dvc push to the default remote failed (data stays in the local cache): %s", pushed.stderr.strip())
+    verdict = "matches the pin" if pinned == got else f"pinned as {got}"
+    print(f"{root}/ regenerated; {verdict}")
+    return 0

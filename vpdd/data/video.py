@@ -1,0 +1,162 @@
+"""Video file IO (PyAV) and frame preprocessing.
+
+Decoding errors become :class:`VideoError` naming the file and what was wrong (unreadable container,
+no video stream, zero frames, frames of changing size). Writing is deterministic for the same frames
+(single-threaded libx264 with fixed settings) and atomic (temporary name, then rename).
+
+The RGB <-> YUV 4:2:0 conversion is done here in numpy (BT.601, limited range) rather than by FFmpeg's
+swscale, and every byte handed to the encoder (line padding included) is defined: otherwise the encoded
+bytes varied between runs, and pinned videos must hash the same on every run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov")
+
+
+class VideoError(ValueError):
+    """A video file that cannot be used; the message names the file and the problem."""
+
+
+def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
+    """Decode all frames of a video as (T, H, W, 3) uint8 RGB."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"{path}: no such video file")
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"{path}: the file has no video stream")
+            stream = container.streams.video[0]
+            for frame in container.decode(stream):
+                if frame.format.name == "yuv420p":
+                    arr = yuv_planes_to_rgb(*(_plane_array(p) for p in frame.planes))
+                else:
+                    arr = frame.to_ndarray(format="rgb24")
+                if frames and arr.shape != frames[0].shape:
+                    raise VideoError(
+                        f"{path}: frame {len(frames)} has size {arr.shape[1]}x{arr.shape[0]}, "
+                        f"expected {frames[0].shape[1]}x{frames[0].shape[0]} like the first frame"
+                    )
+                frames.append(arr)
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except VideoError:
+        raise
+    except Exception as err:  # av.error.InvalidDataError, EOFError, ...; PyAV's hierarchy varies by version
+        if frames:
+            # A truncated file still decodes its first frames; keep them only if the tail error is benign.
+            raise VideoError(f"{path}: decoding failed after {len(frames)} frames ({type(err).__name__}: {err})") from None
+        raise VideoError(f"{path}: not a readable video ({type(err).__name__}: {err})") from None
+    if not frames:
+        raise VideoError(f"{path}: the video has zero frames")
+    return np.stack(frames)
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 20, codec: str = "mpeg4", quality: int = 3) -> Path:
+    """Encode (T, H, W, 3) uint8 frames as an mp4, atomically. Even H and W are required by yuv420p.
+
+    ``codec`` is FFmpeg's native ``mpeg4`` by default: its output bytes are the same on every run, which
+    pinned data needs (libx264's were not, under load). ``quality`` is its qscale (1 best .. 31).
+    """
+    import av
+
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise VideoError(f"{path}: expected (T, H, W, 3) uint8 frames with T > 0, got {frames.shape} {frames.dtype}")
+    h, w = frames.shape[1:3]
+    if h % 2 or w % 2:
+        raise VideoError(f"{path}: H.264 needs even frame sizes, got {w}x{h}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        with av.open(tmp, mode="w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=fps)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.thread_count = 1
+            if codec == "mpeg4":
+                stream.options = {"flags": "+qscale", "global_quality": str(quality * 118)}  # 118 = FF_QP2LAMBDA
+            elif codec == "libx264":
+                stream.options = {"crf": str(quality), "x264-params": "threads=1:lookahead-threads=1"}
+            container.metadata["encoder"] = "vpdd"
+            for arr in frames:
+                for packet in stream.encode(_yuv_frame(arr)):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def rgb_to_yuv_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 RGB -> Y (H, W), U and V (H/2, W/2) uint8: BT.601 limited range in integer maths."""
+    r, g, b = (rgb[..., i].astype(np.int32) for i in range(3))
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    u = ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128
+    v = ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128
+    h, w = y.shape
+
+    def pool(c: np.ndarray) -> np.ndarray:
+        return (c.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3)) + 2) >> 2
+
+    return y.astype(np.uint8), pool(u).astype(np.uint8), pool(v).astype(np.uint8)
+
+
+def yuv_planes_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`rgb_to_yuv_planes` (chroma upsampled by repetition), integer maths."""
+    c = y.astype(np.int32) - 16
+    d = u.astype(np.int32).repeat(2, 0).repeat(2, 1)[: y.shape[0], : y.shape[1]] - 128
+    e = v.astype(np.int32).repeat(2, 0).repeat(2, 1)[: y.shape[0], : y.shape[1]] - 128
+    r = (298 * c + 409 * e + 128) >> 8
+    g = (298 * c - 100 * d - 208 * e + 128) >> 8
+    b = (298 * c + 516 * d + 128) >> 8
+    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+
+
+def _plane_array(plane) -> np.ndarray:
+    """A decoded plane as (height, width) uint8, dropping the line padding."""
+    raw = np.frombuffer(bytes(plane), dtype=np.uint8).reshape(plane.height, plane.line_size)
+    return raw[:, : plane.width]
+
+
+def _yuv_frame(rgb: np.ndarray):
+    """An ``av.VideoFrame`` holding ``rgb`` as yuv420p, every byte (line padding too) defined."""
+    import av
+
+    frame = av.VideoFrame(rgb.shape[1], rgb.shape[0], "yuv420p")
+    for plane, data in zip(frame.planes, rgb_to_yuv_planes(rgb), strict=True):
+        padded = np.zeros((plane.height, plane.line_size), dtype=np.uint8)
+        padded[:, : plane.width] = data
+        plane.update(padded.tobytes())
+    return frame
+
+
+def resize_center_crop(frames: np.ndarray, resolution: int) -> np.ndarray:
+    """Scale the short side to ``resolution`` (bilinear, antialiased) and centre-crop a square."""
+    import torch
+    import torch.nn.functional as F
+
+    t, h, w, _ = frames.shape
+    if h == resolution and w == resolution:
+        return frames
+    scale = resolution / min(h, w)
+    new_h, new_w = max(resolution, round(h * scale)), max(resolution, round(w * scale))
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (new_h - resolution) // 2, (new_w - resolution) // 2
+    x = x[:, :, top : top + resolution, left : left + resolution]
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()

@@ -1,0 +1,1 @@
+"""Robot environments: Meta-World (MuJoCo, rendered offscreen) behind one small interface."""
