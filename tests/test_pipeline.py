@@ -59,6 +59,13 @@ def test_fresh_clone_regenerates_pinned_data_and_repro_is_idempotent(clone, tool
     assert "Running stage" not in second.stdout
     assert "didn't change, skipping" in second.stdout
 
+    # An override through DVC's Hydra composition re-runs only what reads it.
+    exp = _run(["dvc", "exp", "run", "-S", "data.ingest.clip_stride=4", "ingest_videos"], clone, tool_env)
+    assert "Running stage 'ingest_videos'" in exp.stdout
+    denser = yaml.safe_load((clone / "results/data/corpus.json").read_text())
+    assert denser["clips"] > corpus["clips"]
+    assert yaml.safe_load((clone / "params.yaml").read_text())["data"]["ingest"]["clip_stride"] == 4
+
     # A fetch when data/ already matches the pin does nothing.
     again = _run(["vpdd", "data", "fetch"], clone, tool_env)
     assert "matches data.dvc" in again.stdout

@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = sp.add_parser("fetch", help="make data/ match data.dvc: dvc pull, else regenerate and verify")
     add_params_arg(f)
     f.add_argument("--root", default="data")
-    f.add_argument("--repin", action="store_true", help="regenerate without pulling and pin the result even if it differs")
+    f.add_argument("--repin", action="store_true", help="regenerate without pulling; pin the result even if it differs")
     f.set_defaults(func=_fetch)
 
 
@@ -164,7 +164,7 @@ def _fetch(args: argparse.Namespace) -> int:
     before = dvc_file.read_text() if dvc_file.is_file() else None
     added = _dvc("add", str(root), "-q")
     if added.returncode != 0:
-        raise RuntimeError(f"dvc add {root} failed: {added.stderr.strip()}")
+        raise RuntimeError(f"dvc add {root} failed: {(added.stderr or added.stdout).strip()}")
     got = _pinned_md5(dvc_file)
     if pinned and got != pinned and not args.repin:
         dvc_file.write_text(before)  # keep the pin: never re-pin silently

@@ -46,7 +46,8 @@ class CorpusConfig(Validated):
 
     def checks(self) -> list[Check]:
         return [
-            Check("tasks", not unknown_tasks(self.tasks), f"Meta-World v3 task names; unknown: {unknown_tasks(self.tasks)}"),
+            Check("tasks", not unknown_tasks(self.tasks),
+                  f"Meta-World v3 task names; unknown: {unknown_tasks(self.tasks)}"),
             Check("camera", self.camera in CAMERAS, f"one of {list(CAMERAS)}"),
             *positive(self, "render_resolution", "fps"),
             Check("videos_per_task", self.videos_per_task >= 0, "a value >= 0"),

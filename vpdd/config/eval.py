@@ -21,7 +21,8 @@ class EvalConfig(Validated):
 
     def checks(self) -> list[Check]:
         return [
-            Check("tasks", not unknown_tasks(self.tasks), f"Meta-World v3 task names; unknown: {unknown_tasks(self.tasks)}"),
+            Check("tasks", not unknown_tasks(self.tasks),
+                  f"Meta-World v3 task names; unknown: {unknown_tasks(self.tasks)}"),
             *positive(self, "episodes_per_task", "max_steps", "n_envs", "execute_steps", "sampling_stride"),
             Check("seeds", len(self.seeds) > 0, "at least one seed"),
             Check("videos_per_task", self.videos_per_task >= 0, "a value >= 0"),

@@ -142,7 +142,9 @@ class CorpusStore:
         self.root = Path(root)
         index = self.root / "index.json"
         if not index.is_file():
-            raise DataFormatError(f"{index}: missing corpus index; expected a folder written by `vpdd data ingest-videos`")
+            raise DataFormatError(
+                f"{index}: missing corpus index; expected a folder written by `vpdd data ingest-videos`"
+            )
         try:
             data = json.loads(index.read_text())
             if data.get("format") != FORMAT:

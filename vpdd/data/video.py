@@ -55,7 +55,9 @@ def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
     except Exception as err:  # av.error.InvalidDataError, EOFError, ...; PyAV's hierarchy varies by version
         if frames:
             # A truncated file still decodes its first frames; keep them only if the tail error is benign.
-            raise VideoError(f"{path}: decoding failed after {len(frames)} frames ({type(err).__name__}: {err})") from None
+            raise VideoError(
+                f"{path}: decoding failed after {len(frames)} frames ({type(err).__name__}: {err})"
+            ) from None
         raise VideoError(f"{path}: not a readable video ({type(err).__name__}: {err})") from None
     if not frames:
         raise VideoError(f"{path}: the video has zero frames")
