@@ -1,5 +1,54 @@
-"""The ``vpdd`` console script (stub; filled in by the foundation work)."""
+"""The ``vpdd`` console script: one entry point, one module per command group.
+
+Every DVC stage is a ``vpdd ...`` call with explicit input and output paths. Each module in
+``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``
+as the default; heavy imports (torch, MuJoCo) stay inside the command functions so ``vpdd --help`` is
+instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from vpdd.config import ConfigError
+
+COMMAND_MODULES = ("info", "config", "data", "bench")
 
 
-def main(argv=None) -> int:
-    return 0
+class UserError(Exception):
+    """An error caused by the user's input; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vpdd", description="Video-pretrained discrete diffusion policies.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"vpdd.cli.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, UserError, ValueError, FileNotFoundError) as err:
+        # Library errors about bad input carry the file/key/value in their message.
+        if args.verbose:
+            raise
+        print(f"vpdd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
