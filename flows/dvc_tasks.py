@@ -1,0 +1,427 @@
+"""Tasks shared by the vpdd flows: run DVC and the vpdd CLI with streamed logs, and publish artifacts.
+
+Prefect sits on top of DVC and caches nothing itself: DVC decides what is stale, so every task that runs
+DVC has ``cache_policy=NONE``. Only idempotent steps retry (``vpdd data fetch``, ``dvc pull``, ``dvc push``);
+a stage that fails is reported once, with its name and the tail of its stderr, and not re-run.
+
+One DVC writer at a time: DVC's repository lock makes a second ``dvc repro`` in the same checkout fail.
+``flows/serve.py`` serves all deployments with ``limit=1`` and every DVC task carries the tag ``dvc``
+(``prefect concurrency-limit create dvc 1`` extends the rule to work pools; prefect.yaml).
+
+The checkout the flows work on is the one this file lives in (``flows/..``). This folder is not a package:
+``python flows/serve.py`` and Prefect's entrypoint loader both put ``flows/`` on ``sys.path``, so the flow
+modules import this one as ``dvc_tasks``. File names end in ``_flow``/``_tasks`` so that none of them can
+shadow a standard-library or installed module (a test checks this).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+
+REPO = Path(__file__).resolve().parents[1]
+TAIL_LINES = 40
+MAX_TABLE_ROWS = 200
+MEDIA_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".mp4", ".webm", ".html")
+
+_STAGE_LINE = re.compile(
+    r"Running stage '(?P<run>[^']+)'|Stage '(?P<skip>[^']+)' (?:didn't change|is cached)"
+)
+_FAILED_STAGE = re.compile(r"failed to reproduce '(?P<stage>[^']+)'")
+_EXP_DONE = re.compile(r"Ran experiment\(s\): (?P<name>\S+)")
+
+
+class StageFailed(RuntimeError):
+    """A DVC stage (or the command running it) failed; the message names it and carries its stderr tail."""
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) from free text."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def tool_env() -> dict[str, str]:
+    """The environment of DVC and vpdd subprocesses: this interpreter's scripts first on PATH, and the flow
+    run id that ``vpdd.lineage`` records (``VPDD_FLOW_RUN_ID``)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    run_id, run_name = flow_run.get_id(), flow_run.get_name()
+    if run_id:
+        env["VPDD_FLOW_RUN_ID"] = str(run_id)
+    if run_name:
+        env["VPDD_FLOW_RUN_NAME"] = str(run_name)
+    return env
+
+
+def _exe(name: str, env: dict[str, str]) -> str:
+    found = shutil.which(name, path=env.get("PATH"))
+    if not found:
+        raise StageFailed(f"`{name}` is not on PATH ({env.get('PATH')}); install the project (make install)")
+    return found
+
+
+def _pump(stream: Any, tag: str, out: queue.Queue) -> None:
+    for line in iter(stream.readline, ""):
+        out.put((tag, line.rstrip("\n")))
+    stream.close()
+    out.put((tag, None))
+
+
+def stream_command(argv: list[str], cwd: Path, on_line: Any = None) -> tuple[int, list[str], list[str]]:
+    """Run ``argv``, logging each stdout/stderr line into the Prefect run as it arrives.
+
+    Returns (exit code, stdout lines, the last TAIL_LINES stderr lines). ``on_line(line)`` sees every line.
+    """
+    logger = get_run_logger()
+    env = tool_env()
+    argv = [_exe(argv[0], env), *argv[1:]]
+    logger.info("$ %s  (in %s)", " ".join([Path(argv[0]).name, *argv[1:]]), cwd)
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            bufsize=1, errors="replace")
+    lines: queue.Queue = queue.Queue()
+    readers = [threading.Thread(target=_pump, args=(proc.stdout, "out", lines), daemon=True),
+               threading.Thread(target=_pump, args=(proc.stderr, "err", lines), daemon=True)]
+    for r in readers:
+        r.start()
+    stdout: list[str] = []
+    stderr_tail: deque[str] = deque(maxlen=TAIL_LINES)
+    open_streams = 2
+    try:
+        while open_streams:
+            tag, line = lines.get()
+            if line is None:
+                open_streams -= 1
+                continue
+            (stdout.append if tag == "out" else stderr_tail.append)(line)
+            if line.strip():
+                logger.info(line)
+            if on_line is not None:
+                on_line(line)
+        rc = proc.wait()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    return rc, stdout, list(stderr_tail)
+
+
+def stage_names(repo: Path = REPO) -> dict[str, Any]:
+    from vpdd.lineage import pipeline_stages
+
+    return pipeline_stages(repo)
+
+
+def require_stages(stages: list[str], repo: Path = REPO) -> None:
+    known = stage_names(repo)
+    missing = [s for s in stages if s not in known]
+    if missing:
+        raise StageFailed(f"stage(s) {missing} are not in {repo / 'dvc.yaml'} (it has {list(known)}); this flow "
+                          f"runs once they exist")
+
+
+def dvc_command(targets: list[str], overrides: list[str] | None, exp_name: str | None, force: bool) -> list[str]:
+    """``dvc repro [-f] TARGETS`` or, with overrides, ``dvc exp run -n NAME [-f] -S k=v ... TARGETS``."""
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ValueError(f"overrides must be key=value (a params.yaml key, e.g. tokenizer.steps=200), got {bad}")
+        argv = ["dvc", "exp", "run"]
+        if exp_name:
+            argv += ["-n", exp_name]
+        if force:
+            argv.append("-f")
+        for o in overrides:
+            argv += ["-S", o]
+        return argv + list(targets)
+    return ["dvc", "repro", *(["-f"] if force else []), *targets]
+
+
+@task(name="dvc-stages", tags=["dvc"], cache_policy=NONE)
+def run_stages(targets: list[str], overrides: list[str] | None = None, exp_name: str | None = None,
+               force: bool = False, repo: Path = REPO) -> dict[str, Any]:
+    """Run DVC stages (all of them when ``targets`` is empty); a progress artifact follows DVC stage by stage."""
+    from vpdd.lineage import pipeline_stages, upstream_stages
+
+    if targets:
+        require_stages(targets, repo)
+    if overrides and not exp_name:
+        exp_name = flow_run.get_name()  # the Prefect run and the DVC experiment share a name
+    argv = dvc_command(targets, overrides, exp_name, force)
+    if not overrides:
+        _warn_if_params_drifted(repo)
+    planned = upstream_stages(pipeline_stages(repo), targets)
+    progress_id = create_progress_artifact(
+        0.0, key=artifact_key("progress", flow_run.get_flow_name() or "dvc"),
+        description=f"`{' '.join(argv)}`: {len(planned)} stage(s) to check",
+    )
+    state: dict[str, Any] = {"current": None, "done": [], "ran": [], "skipped": [], "failed": None, "exp": None}
+
+    def on_line(line: str) -> None:
+        if m := _FAILED_STAGE.search(line):
+            state["failed"] = m["stage"]
+        if m := _EXP_DONE.search(line):
+            state["exp"] = m["name"]
+        m = _STAGE_LINE.search(line)
+        if not m:
+            return
+        if state["current"]:
+            state["done"].append(state["current"])
+            state["current"] = None
+        if m["run"]:
+            state["current"] = m["run"]
+            state["ran"].append(m["run"])
+            what = f"running {m['run']}"
+        else:
+            state["done"].append(m["skip"])
+            state["skipped"].append(m["skip"])
+            what = f"{m['skip']} up to date"
+        pct = 100.0 * min(len(state["done"]), len(planned)) / max(len(planned), 1)
+        update_progress_artifact(progress_id, pct, description=what)
+
+    rc, _, err_tail = stream_command(argv, repo, on_line)
+    if rc != 0:
+        stage = state["failed"] or state["current"]
+        where = f"DVC stage '{stage}' failed" if stage else "DVC failed before running a stage"
+        update_progress_artifact(progress_id, 100.0 * len(state["done"]) / max(len(planned), 1),
+                                 description=f"failed in stage {stage}" if stage else "failed")
+        tail = "\n".join(err_tail[-20:])
+        raise StageFailed(f"{where} (`{' '.join(argv)}` exited with {rc}). stderr tail:\n{tail}")
+    update_progress_artifact(progress_id, 100.0, description=f"done: ran {', '.join(state['ran']) or 'nothing'}")
+    return {"command": argv, "ran": state["ran"], "skipped": state["skipped"],
+            "experiment": state["exp"] or (exp_name if overrides else None), "stages": planned}
+
+
+def _warn_if_params_drifted(repo: Path) -> None:
+    """``dvc exp run`` leaves the experiment's params.yaml in the workspace; a plain ``dvc repro`` would then
+    rebuild with those params. Say so (nothing is changed: restoring params.yaml is the user's call)."""
+    proc = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "params.yaml"], cwd=repo, capture_output=True)
+    if proc.returncode == 1:
+        get_run_logger().warning(
+            "params.yaml differs from the committed one (an earlier experiment, or a local edit); `dvc repro` "
+            "uses the workspace version. `git checkout params.yaml` (or `vpdd config compose`) restores it.")
+
+
+def _simple(name: str, argv: list[str], repo: Path) -> str:
+    rc, out, err_tail = stream_command(argv, repo)
+    if rc != 0:
+        raise StageFailed(f"{name} failed (`{' '.join(argv)}` exited with {rc}). stderr tail:\n" + "\n".join(err_tail))
+    return "\n".join(out)
+
+
+@task(name="data-fetch", tags=["dvc"], cache_policy=NONE, retries=2, retry_delay_seconds=[10, 60])
+def fetch_data(repo: Path = REPO) -> str:
+    """``vpdd data fetch``: make data/ match data.dvc (dvc pull, else regenerate and verify). Idempotent."""
+    return _simple("vpdd data fetch", ["vpdd", "data", "fetch"], repo)
+
+
+@task(name="dvc-pull", tags=["dvc"], cache_policy=NONE, retries=2, retry_delay_seconds=[10, 60])
+def dvc_pull(targets: list[str] | None = None, repo: Path = REPO) -> str:
+    return _simple("dvc pull", ["dvc", "pull", *(targets or [])], repo)
+
+
+@task(name="dvc-push", tags=["dvc"], cache_policy=NONE, retries=2, retry_delay_seconds=[10, 60])
+def dvc_push(targets: list[str] | None = None, repo: Path = REPO) -> str:
+    return _simple("dvc push", ["dvc", "push", *(targets or [])], repo)
+
+
+# ------------------------------------------------------------------------------------------- artifacts
+
+
+def _flatten(prefix: str, node: Any, rows: list[tuple[str, Any]]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, rows)
+    elif isinstance(node, list) and len(node) > 8:
+        rows.append((prefix, f"[{len(node)} values]"))
+    else:
+        rows.append((prefix, node if isinstance(node, (int, float, str, bool)) or node is None else json.dumps(node)))
+
+
+@task(name="publish-stage-artifacts", cache_policy=NONE)
+def publish_stage_artifacts(stages: list[str], repo: Path = REPO) -> list[str]:
+    """A metrics table per stage (its metrics JSON files in dvc.yaml) and a link per plot file."""
+    logger = get_run_logger()
+    known = stage_names(repo)
+    keys: list[str] = []
+    for name in stages:
+        info = known.get(name)
+        if info is None:
+            continue
+        rows: list[dict[str, Any]] = []
+        for rel in info.metrics:
+            path = repo / rel
+            if not path.is_file():
+                logger.info("stage %s: metrics file %s does not exist (yet)", name, rel)
+                continue
+            flat: list[tuple[str, Any]] = []
+            try:
+                _flatten("", json.loads(path.read_text()), flat)
+            except json.JSONDecodeError as err:
+                logger.warning("stage %s: %s is not JSON (%s)", name, rel, err)
+                continue
+            rows += [{"file": rel, "metric": k, "value": v} for k, v in flat]
+        if rows:
+            key = artifact_key("metrics", name)
+            create_table_artifact(rows[:MAX_TABLE_ROWS], key=key,
+                                  description=f"Metrics of DVC stage `{name}` ({', '.join(info.metrics)})")
+            keys.append(key)
+        for rel in info.plots:
+            keys += _link_files(repo, rel, f"plot of stage `{name}`")
+    return keys
+
+
+def _link_files(repo: Path, rel: str, what: str, limit: int = 12) -> list[str]:
+    """Link artifacts (``file://`` URLs on the machine that ran the flow) for a file or a folder's media."""
+    path = repo / rel
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES)[:limit]
+        targets = files or [path]
+    elif path.exists():
+        targets = [path]
+    else:
+        return []
+    keys = []
+    for p in targets:
+        relp = p.relative_to(repo).as_posix()
+        key = artifact_key("file", relp)
+        create_link_artifact(p.resolve().as_uri(), link_text=relp, key=key, description=f"{what}: `{relp}`")
+        keys.append(key)
+    return keys
+
+
+def eval_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows ``{"task", "success_rate", "episodes"}`` from an evaluation metrics file.
+
+    Accepted shapes: ``{"per_task": {task: {"success_rate": x, "episodes": n}}}``, ``{"per_task": {task: x}}``
+    (or ``tasks`` instead of ``per_task``), with an optional ``mean_success_rate``.
+    """
+    per_task = metrics.get("per_task") or metrics.get("tasks") or {}
+    rows = []
+    for name, value in per_task.items():
+        if isinstance(value, dict):
+            rate = value.get("success_rate", value.get("success"))
+            rows.append({"task": name, "success_rate": rate, "episodes": value.get("episodes")})
+        else:
+            rows.append({"task": name, "success_rate": value, "episodes": None})
+    if rows:
+        mean = metrics.get("mean_success_rate")
+        if mean is None:
+            rates = [r["success_rate"] for r in rows if isinstance(r["success_rate"], (int, float))]
+            mean = sum(rates) / len(rates) if rates else None
+        rows.append({"task": "mean", "success_rate": mean,
+                     "episodes": sum(r["episodes"] or 0 for r in rows) or None})
+    return rows
+
+
+@task(name="publish-eval", cache_policy=NONE)
+def publish_eval(repo: Path = REPO) -> list[str]:
+    """The per-task success table (results/eval/**/metrics.json) and links to rollout videos, if any."""
+    logger = get_run_logger()
+    known = stage_names(repo)
+    files = [repo / m for m in known["evaluate"].metrics] if "evaluate" in known else []
+    files = [f for f in files if f.is_file()] or sorted((repo / "results" / "eval").glob("**/metrics.json"))
+    if not files:
+        logger.info("no evaluation results yet (results/eval/metrics.json); no success table")
+        return []
+    keys = []
+    for f in files:
+        rel = f.relative_to(repo).as_posix()
+        rows = eval_rows(json.loads(f.read_text()))
+        if not rows:
+            logger.warning("%s has no per-task results", rel)
+            continue
+        bench = f.parent.name if f.parent.name != "eval" else "eval"
+        key = artifact_key("success", bench)
+        create_table_artifact(rows, key=key, description=f"Per-task success rate from `{rel}`")
+        keys.append(key)
+    if (repo / "results" / "eval").is_dir():
+        keys += _link_files(repo, "results/eval", "rollout video")
+    return keys
+
+
+def lineage_markdown(repo: Path, run: dict[str, Any] | None) -> str:
+    """The chain data -> outputs for the stages of this run, from data.dvc and dvc.lock, plus the lineage of
+    every output that carries a lineage.json (e.g. a policy checkpoint)."""
+    from vpdd import lineage
+    from vpdd.utils.machine import git_commit
+
+    stages = stage_names(repo)
+    outs = lineage.lock_outputs(lineage.read_dvc_lock(repo))
+    data = lineage.data_version(repo)
+    git = git_commit(str(repo))
+    lines = ["# vpdd lineage", "",
+             f"- raw data (data.dvc): `{data['md5'] if data else '-'}`",
+             f"- git: `{git.get('commit') or '-'}`{' (dirty)' if git.get('dirty') else ''}",
+             f"- Prefect flow run: `{flow_run.get_id() or '-'}` ({flow_run.get_name() or '-'})"]
+    if run:
+        lines += [f"- command: `{' '.join(run['command'])}`",
+                  f"- DVC experiment: `{run.get('experiment') or '-'}`",
+                  f"- ran: {', '.join(run['ran']) or 'nothing (all up to date)'}"]
+    lines += ["", "| stage | output | md5 (dvc.lock) |", "| --- | --- | --- |"]
+    shown = run["stages"] if run and run.get("stages") else list(stages)
+    for name in shown:
+        for out in stages[name].outs if name in stages else []:
+            if out in outs:
+                lines.append(f"| {name} | `{out}` | `{outs[out]['md5']}` |")
+    for out in outs:
+        if outs[out]["stage"] in shown and (repo / out / lineage.LINEAGE_FILE).is_file():
+            record = lineage.read_lineage(repo / out)
+            lines += ["", lineage.lineage_markdown(record, lineage.lock_stage_for(repo, out))]
+    return "\n".join(lines) + "\n"
+
+
+@task(name="publish-lineage", cache_policy=NONE)
+def publish_lineage(run: dict[str, Any] | None, repo: Path = REPO) -> str:
+    key = "lineage"
+    create_markdown_artifact(lineage_markdown(repo, run), key=key,
+                             description="Raw-data version -> DVC outputs of this run (data.dvc, dvc.lock)")
+    return key
+
+
+def stage_flow_body(stages: list[str], overrides: list[str] | None, exp_name: str | None, force: bool,
+                    fetch: bool, push: bool, evaluation: bool = False, repo: Path = REPO) -> dict[str, Any]:
+    """What every flow does: fetch data, run the stages through DVC, publish artifacts, push.
+
+    - ``stages``: the DVC stages to run (with what they depend on); empty: the whole pipeline;
+    - ``overrides``: params.yaml overrides ``["key=value", ...]``; with any, the run is a named DVC experiment
+      (``dvc exp run -n EXP -S key=value ... STAGES``), otherwise ``dvc repro STAGES``;
+    - ``exp_name``: the experiment's name (default: the Prefect flow run's name, e.g. ``cordial-cuckoo``);
+    - ``force``: re-run the stages even if DVC finds them up to date (``-f``);
+    - ``fetch``: first make data/ match data.dvc (``vpdd data fetch``; idempotent, retried);
+    - ``push``: ``dvc push`` afterwards (retried);
+    - ``evaluation``: also publish the per-task success table and rollout-video links.
+    """
+    if fetch:
+        fetch_data(repo)
+    run = run_stages(stages, overrides, exp_name, force, repo)
+    keys = publish_stage_artifacts(stages or run["stages"], repo)
+    if evaluation:
+        keys += publish_eval(repo)
+    keys.append(publish_lineage(run, repo))
+    if push:
+        dvc_push(None, repo)
+    return {**run, "artifacts": keys}

@@ -1,0 +1,84 @@
+"""The flows folder without a server: module names, prefect.yaml entrypoints, command building, tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+FLOWS = Path(__file__).resolve().parents[2] / "flows"
+
+
+@pytest.fixture(scope="module")
+def dvc_tasks():
+    sys.path.insert(0, str(FLOWS))
+    try:
+        spec = importlib.util.spec_from_file_location("dvc_tasks", FLOWS / "dvc_tasks.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(FLOWS))
+
+
+def test_flow_modules_shadow_no_installed_or_standard_module():
+    """flows/ lands on sys.path when Prefect loads an entrypoint; none of its files may hide a real module."""
+    assert not (FLOWS / "__init__.py").exists()
+    names = [p.stem for p in FLOWS.glob("*.py")]
+    code = ("import importlib.util, sys, json; names = json.loads(sys.argv[1]); "
+            "print(json.dumps([n for n in names if n in sys.stdlib_module_names or importlib.util.find_spec(n)]))")
+    import json
+
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(names)], capture_output=True, text=True,
+                         cwd="/", check=True).stdout
+    assert json.loads(out) == [], f"flows/ modules that shadow real modules: {out}"
+
+
+def test_prefect_yaml_entrypoints_are_the_served_flows():
+    from prefect.flows import load_flow_from_entrypoint
+
+    root = FLOWS.parent
+    doc = yaml.safe_load((root / "prefect.yaml").read_text())
+    entry = {d["entrypoint"] for d in doc["deployments"]}
+    names = set()
+    for e in sorted(entry):
+        path, func = e.split(":")
+        names.add(load_flow_from_entrypoint(f"{root / path}:{func}").name)
+    assert names == {"vpdd-data", "vpdd-tokenize", "vpdd-pretrain", "vpdd-finetune", "vpdd-evaluate",
+                     "vpdd-bench-kernels", "vpdd-pipeline"}
+    for d in doc["deployments"]:
+        assert d["concurrency_limit"] == 1 and "dvc" in d["tags"], d["name"]
+    assert "set_working_directory" in str(doc["pull"])
+
+
+def test_dvc_command_is_repro_without_overrides_and_a_named_experiment_with(dvc_tasks):
+    assert dvc_tasks.dvc_command(["tokenize"], None, None, False) == ["dvc", "repro", "tokenize"]
+    assert dvc_tasks.dvc_command([], [], "x", True) == ["dvc", "repro", "-f"]
+    assert dvc_tasks.dvc_command(["pretrain"], ["pretrain.steps=10", "model.video.dim=32"], "small", False) == [
+        "dvc", "exp", "run", "-n", "small", "-S", "pretrain.steps=10", "-S", "model.video.dim=32", "pretrain"]
+    with pytest.raises(ValueError, match="key=value"):
+        dvc_tasks.dvc_command(["pretrain"], ["pretrain.steps"], None, False)
+
+
+def test_eval_rows_accept_nested_and_flat_per_task_results(dvc_tasks):
+    nested = dvc_tasks.eval_rows({"per_task": {"a": {"success_rate": 0.5, "episodes": 10},
+                                               "b": {"success_rate": 1.0, "episodes": 10}}})
+    assert nested[-1] == {"task": "mean", "success_rate": 0.75, "episodes": 20}
+    flat = dvc_tasks.eval_rows({"tasks": {"a": 0.2}, "mean_success_rate": 0.2})
+    assert flat == [{"task": "a", "success_rate": 0.2, "episodes": None},
+                    {"task": "mean", "success_rate": 0.2, "episodes": None}]
+    assert dvc_tasks.eval_rows({"loss": 1.0}) == []
+
+
+def test_artifact_keys_are_valid(dvc_tasks):
+    assert dvc_tasks.artifact_key("metrics", "train_tokenizer") == "metrics-train-tokenizer"
+    assert dvc_tasks.artifact_key("file", "results/tokenizer/recon_grid.png") == "file-results-tokenizer-recon-grid-png"
+
+
+def test_vpdd_serve_needs_a_checkout_with_flows(tmp_path, tool_env):
+    proc = subprocess.run(["vpdd", "serve", "--repo", str(tmp_path)], capture_output=True, text=True, env=tool_env)
+    assert proc.returncode == 2 and "no flows to serve" in proc.stderr

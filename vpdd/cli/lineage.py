@@ -1,0 +1,89 @@
+"""``vpdd lineage``: the chain from raw data to an output, and the outputs made from a data version.
+
+``vpdd lineage DIR`` reads ``DIR/lineage.json`` (or the lineage in a ``.safetensors`` file's metadata) and
+prints raw data -> token cache -> tokenizer -> pre-trained model -> output with their hashes, then what
+dvc.lock says about DIR when it is a DVC output and whether the two agree. ``vpdd lineage --data VERSION``
+lists every output with a lineage record made from that raw-data version, across the workspace, git
+revisions and DVC experiments (see :func:`vpdd.lineage.find_outputs_for_data`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lineage", help="where an output came from; what a data version produced")
+    p.add_argument("path", nargs="?", help="an output directory with lineage.json (or a .safetensors file)")
+    p.add_argument("--data", metavar="VERSION", help="list outputs made from this raw-data md5 (6+ characters)")
+    p.add_argument("--repo", help="the DVC repository (default: the one around PATH, or the current directory)")
+    p.add_argument("--output", metavar="OUT", help="with --data: only this output path (e.g. models/policy)")
+    p.add_argument("--max-revs", type=int, help="with --data: look at most at this many revisions")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_lineage)
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    if bool(args.path) == bool(args.data):
+        raise ValueError("give either an output PATH or --data VERSION")
+    return _for_data(args) if args.data else _for_path(args)
+
+
+def _for_path(args: argparse.Namespace) -> int:
+    from vpdd import lineage as lin
+
+    path = Path(args.path)
+    record = lin.read_lineage(path)
+    repo = Path(args.repo) if args.repo else lin.find_repo_root(path if path.is_dir() else path.parent)
+    out_dir = path if path.is_dir() else path.parent
+    rel = out_dir.resolve().relative_to(repo.resolve()).as_posix() if out_dir.resolve().is_relative_to(
+        repo.resolve()) else None
+    lock = lin.lock_stage_for(repo, rel) if rel else None
+    problems = lin.check_against_lock(record, repo) if lock else []
+    if args.json:
+        print(json.dumps({"lineage": record, "dvc_lock": lock, "mismatches": problems}, indent=2))
+        return 0
+    print(f"{record.get('output')}  (stage {record.get('stage') or '-'}, experiment {record.get('experiment') or '-'})")
+    for step, p, md5 in lin.chain_lines(record):
+        print(f"  {step:<12} {p:<32} {md5 or ''}")
+    git = record.get("git") or {}
+    params = record.get("params") or {}
+    print(f"git       {git.get('commit') or '-'}{' (dirty)' if git.get('dirty') else ''}")
+    print(f"params    sha256 {params.get('sha256', '-')} over {', '.join(params.get('keys') or []) or '-'}")
+    print(f"kernel    {record.get('kernel_impl') or '-'}")
+    print(f"prefect   flow run {record.get('prefect_flow_run_id') or '-'}")
+    print("versions  " + ", ".join(f"{k} {v}" for k, v in (record.get("versions") or {}).items() if v))
+    if lock:
+        print(f"dvc.lock  stage {lock['stage']}: {rel} md5 {lock.get('md5')}")
+        for dep, md5 in lock["deps"].items():
+            print(f"  dep {dep:<28} {md5}")
+        if problems:
+            print("MISMATCH between the output's lineage and the current dvc.lock/data.dvc:")
+            for line in problems:
+                print(f"  {line}")
+        else:
+            print("consistent with the current dvc.lock and data.dvc")
+    elif rel is not None:
+        print(f"dvc.lock  {rel} is not a DVC output in {repo}")
+    return 0
+
+
+def _for_data(args: argparse.Namespace) -> int:
+    from vpdd import lineage as lin
+
+    repo = Path(args.repo or ".")
+    found = lin.find_outputs_for_data(args.data, repo, path=args.output, max_revs=args.max_revs)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    if not found:
+        print(f"no output with a lineage record was made from data version {args.data}")
+        return 0
+    for item in found:
+        exp = f", experiment {item['experiment']}" if item.get("experiment") else ""
+        print(f"{item['path']}  md5 {item['md5']}  (stage {item['stage']}{exp}; data {item['data_md5']})")
+        for where in item["seen_in"]:
+            print(f"  in {where}")
+    return 0
