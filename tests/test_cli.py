@@ -63,3 +63,13 @@ def test_transformers_is_not_shadowed_by_the_kernels_folder(tool_env, repo_root)
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, env=tool_env,
                           check=True)
     assert "kernels/__init__" not in proc.stdout
+
+
+def test_bench_forwards_options_to_the_benchmark(capsys):
+    from vpdd.cli.bench import dispatch
+
+    with pytest.raises(SystemExit) as exit_info:
+        dispatch(["bench", "collect", "--resolution", "not-a-number"])
+    assert exit_info.value.code == 2
+    assert "argument --resolution: invalid int value" in capsys.readouterr().err
+    assert dispatch(["info"]) is None

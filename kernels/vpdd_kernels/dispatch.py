@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 ENV_VAR = "VPDD_KERNEL_IMPL"
 CHOICES = ("auto", "triton", "torch")
@@ -40,3 +42,36 @@ def resolve_impl(config_value: str = "auto", device_type: str = "cpu") -> str:
     if impl == "auto":
         return "triton" if device_type == "cuda" and triton_status()[0] else "torch"
     return impl
+
+
+class KernelOps(NamedTuple):
+    """The four replaceable per-modality operations, with the signatures of ``vpdd.diffusion.fast``."""
+
+    impl: str
+    q_sample: Callable[..., Any]
+    posterior_log_probs: Callable[..., Any]
+    loss_terms: Callable[..., Any]
+    reverse_step: Callable[..., Any]
+
+
+def ops(impl: str) -> KernelOps:
+    """The functions of a resolved implementation (``triton`` or ``torch``)."""
+    if impl == "torch":
+        from vpdd.diffusion import fast, fast_sampling
+
+        return KernelOps("torch", fast.q_sample, fast.posterior_log_probs, fast.loss_terms, fast_sampling.reverse_step)
+    if impl == "triton":
+        ok, why = triton_status()
+        if not ok:
+            raise RuntimeError(f"{ENV_VAR}/kernel.impl asks for triton, but Triton cannot launch here: {why}")
+        from vpdd_kernels.loss import loss_terms
+        from vpdd_kernels.posterior import posterior_log_probs
+        from vpdd_kernels.sampling import q_sample, reverse_step
+
+        return KernelOps("triton", q_sample, posterior_log_probs, loss_terms, reverse_step)
+    raise ValueError(f"impl={impl!r}: expected 'triton' or 'torch' (resolve 'auto' with resolve_impl first)")
+
+
+def ops_for(config_value: str = "auto", device_type: str = "cpu") -> KernelOps:
+    """The switch in one call: ``ops(resolve_impl(config_value, device_type))``."""
+    return ops(resolve_impl(config_value, device_type))

@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vpdd.cli.bench import dispatch
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if (code := dispatch(argv)) is not None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return code
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -10,6 +10,8 @@ BENCHMARKS = {
     "collect": ("vpdd.data.benchmark", "Meta-World collection throughput (frames/s per core)"),
     "diffusion": ("vpdd.diffusion.benchmark", "diffusion loss / reverse step: fast vs reference PyTorch"),
     "tokenizer": ("vpdd.tokenizer.benchmark", "VQ-VAE encoding throughput"),
+    "kernels": ("vpdd_kernels.benchmark", "Triton kernels vs eager/compiled reference (GPU); fallbacks (CPU)"),
+    "train": ("vpdd.train.benchmark", "training step time of pre-training and fine-tuning"),
 }
 
 
@@ -25,3 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     module = importlib.import_module(args.bench_module)
     return int(module.main(args.rest) or 0)
+
+
+def dispatch(argv: list[str]) -> int | None:
+    """Run ``bench NAME ...`` directly, handing every later argument to the benchmark's own parser.
+
+    argparse's REMAINDER does not capture options (``--shapes tiny``) after a sub-subcommand, so the
+    console script calls this before parsing. Returns None when ``argv`` is not a benchmark call.
+    """
+    if len(argv) < 2 or argv[0] != "bench" or argv[1] not in BENCHMARKS:
+        return None
+    rest = argv[2:]
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    module = importlib.import_module(BENCHMARKS[argv[1]][0])
+    return int(module.main(rest) or 0)

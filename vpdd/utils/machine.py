@@ -60,6 +60,7 @@ def machine_record() -> dict[str, object]:
         "host": platform.node(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews timings
         "gpus": gpu_names(),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -1,0 +1,60 @@
+"""``@triton.jit`` helpers shared by the kernels (must live in a .py file)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _load_coef(coef_ptr, b, idx: tl.constexpr):
+    return tl.load(coef_ptr + b * 12 + idx)
+
+
+@triton.jit
+def _row_softmax_stats(zrow, stride_k, K, j, masked, BLOCK_K: tl.constexpr):
+    """One pass over a row: (max, Σ e, Σ_{k≠j} e) with e = exp(z - max), e_j kept on masked rows."""
+    m = tl.full((), float("-inf"), tl.float32)
+    s = tl.zeros((), tl.float32)
+    s_notj = tl.zeros((), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        valid = offs < K
+        x = tl.load(zrow + offs.to(tl.int64) * stride_k, mask=valid, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        scale = tl.exp(m - m_new)
+        e = tl.where(valid, tl.exp(x - m_new), 0.0)
+        s = s * scale + tl.sum(e, axis=0)
+        s_notj = s_notj * scale + tl.sum(tl.where((offs != j) | masked, e, 0.0), axis=0)
+        m = m_new
+    return m, s, s_notj
+
+
+@triton.jit
+def _log1p(x):
+    """log(1 + x) accurate for small x without libdevice (Goldberg's trick; runs in the interpreter)."""
+    w = 1.0 + x
+    return tl.where(w == 1.0, x, tl.log(w) * (x / tl.where(w == 1.0, 1.0, w - 1.0)))
+
+
+@triton.jit
+def _philox_uniform(seed, offs):
+    """A uniform in [0, 1) with 48 random bits near 0 (the Gumbel tail), from two Philox words."""
+    w0, w1, _, _ = tl.randint4x(seed, offs)
+    hi = (w0 >> 8).to(tl.float32) * 5.9604644775390625e-08  # 2^-24
+    lo = (w1 >> 8).to(tl.float32) * 3.552713678800501e-15  # 2^-48
+    return tl.minimum(hi + lo, 0.99999994)
+
+
+@triton.jit
+def _gumbel(u, REF: tl.constexpr):
+    """Gumbel noise from uniforms. REF: the reference's -log(-log(u + 1e-30) + 1e-30) (bit-compatible with
+    an injected uniform); otherwise -log(E), E = -log1p(-u) computed accurately, so the winning tail is at
+    u -> 0 where the uniform has 48 bits (kernels.md §2.b)."""
+    if REF:
+        g = -tl.log(-tl.log(u + 1e-30) + 1e-30)
+    else:
+        w = 1.0 - u
+        e = tl.where(w == 1.0, u, tl.log(w) * (u / tl.where(w == 1.0, 1.0, w - 1.0)))
+        g = -tl.log(e)
+    return g
