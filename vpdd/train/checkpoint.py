@@ -1,0 +1,249 @@
+"""Self-describing checkpoint directories, written atomically, loadable without the code that wrote them.
+
+Layout of one checkpoint directory::
+
+    config.json           what the model is: {"kind": ..., "format": ..., "config": {...}, ...}
+    model.safetensors     the weights needed for inference (float tensors, safetensors format)
+    training_state.pt     optional: optimizer, step, RNG states, training-only buffers (torch.save)
+    meta.json             written last: step, sha256 of every file above, anything the caller adds
+
+A directory is complete when ``meta.json`` exists and the hashes in it match the files. Saving builds the
+directory under a temporary sibling name and swaps it into place (:func:`vpdd.utils.io.atomic_directory`),
+so a killed process leaves either the previous checkpoint or the new one, never a mix. If the process dies
+inside the two-rename swap, :func:`recover_checkpoint` (called by :func:`load_checkpoint` and
+:func:`has_checkpoint`) puts the newest complete leftover back.
+
+The identity of a model is :func:`checkpoint_hash`: the sha256 of ``config.json`` and
+``model.safetensors`` (the training state is excluded, so a resumable copy and a stripped copy of the same
+weights hash the same). Token caches, policies and lineage records cite this hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vpdd.utils.io import atomic_directory, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+STATE_NAME = "training_state.pt"
+META_NAME = "meta.json"
+IDENTITY_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is missing, incomplete, corrupted or does not fit; names the path."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    training_state: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    config: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    training_state: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically (replacing any previous one at ``path``).
+
+    ``config`` must be JSON-serialisable; ``weights`` are saved with safetensors (contiguous CPU copies);
+    ``training_state`` (anything ``torch.save`` handles with ``weights_only`` loading: tensors, numbers,
+    strings, lists, dicts) goes to a separate file; ``meta`` (JSON) is merged into ``meta.json``.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    with atomic_directory(path) as tmp:
+        atomic_write_json(tmp / CONFIG_NAME, config)
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        files = [CONFIG_NAME, WEIGHTS_NAME]
+        if training_state is not None:
+            buf = io.BytesIO()
+            torch.save(training_state, buf)
+            (tmp / STATE_NAME).write_bytes(buf.getvalue())
+            files.append(STATE_NAME)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+            files.append(name)
+        record = dict(meta or {})
+        record["files"] = {name: _sha256_file(tmp / name) for name in files}
+        record["checkpoint_hash"] = _identity_hash(record["files"])
+        atomic_write_json(tmp / META_NAME, record)  # last: its presence marks the directory complete
+        _default_permissions(tmp)
+    return path
+
+
+def _default_permissions(folder: Path) -> None:
+    """Temporary files and directories are created private (0600/0700); give the checkpoint the usual
+    umask-based modes so other users and tools (DVC, a shared file system) can read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for child in folder.iterdir():
+        os.chmod(child, 0o666 & ~umask)
+
+
+def _identity_hash(file_hashes: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for name in IDENTITY_FILES:
+        h.update(f"{name}:{file_hashes[name]}\n".encode())
+    return h.hexdigest()
+
+
+def checkpoint_hash(path: str | os.PathLike) -> str:
+    """sha256 identifying the model in a checkpoint directory (config + weights, recomputed from disk)."""
+    path = Path(path)
+    recover_checkpoint(path)
+    missing = [n for n in IDENTITY_FILES if not (path / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: not a checkpoint directory (missing {missing})")
+    return _identity_hash({n: _sha256_file(path / n) for n in IDENTITY_FILES})
+
+
+def _complete(path: Path) -> dict[str, Any] | None:
+    """meta.json of ``path`` if the directory is complete and its files match their hashes, else None."""
+    try:
+        meta = json.loads((path / META_NAME).read_text())
+        for name, digest in meta["files"].items():
+            if _sha256_file(path / name) != digest:
+                return None
+        return meta
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def recover_checkpoint(path: str | os.PathLike) -> bool:
+    """Finish an interrupted save: if ``path`` is missing, move the newest complete leftover sibling
+    (``.NAME.*.tmp`` being built, or ``.NAME.old-*`` being replaced) into place. Leftovers next to an
+    existing checkpoint are removed. Returns True when ``path`` holds a checkpoint afterwards."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return False
+    leftovers = [p for p in path.parent.glob(f".{path.name}.*") if p.is_dir()]
+    if not path.exists() and leftovers:
+        done = [(meta.get("step", -1), p) for p in leftovers if (meta := _complete(p)) is not None]
+        if done:
+            _, best = max(done, key=lambda item: (item[0], item[1].stat().st_mtime))
+            os.replace(best, path)
+            log.warning("%s: recovered an interrupted checkpoint save from %s", path, best.name)
+    if path.exists():
+        for p in leftovers:
+            if p.exists() and p != path:
+                shutil.rmtree(p, ignore_errors=True)
+    return (path / META_NAME).is_file()
+
+
+def has_checkpoint(path: str | os.PathLike) -> bool:
+    return recover_checkpoint(path)
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """``config.json`` of a checkpoint directory, with a clear error when it is not one."""
+    path = Path(path)
+    recover_checkpoint(path)
+    cfg_file = path / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint directory (no {CONFIG_NAME}); train one first")
+    try:
+        return json.loads(cfg_file.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({err})") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    training_state: bool = False,
+    verify: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> Checkpoint:
+    """Read a checkpoint directory. ``verify`` checks every file against the hashes in ``meta.json``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not recover_checkpoint(path):
+        raise CheckpointError(f"{path}: no complete checkpoint here (missing {META_NAME})")
+    meta = _complete(path) if verify else json.loads((path / META_NAME).read_text())
+    if meta is None:
+        raise CheckpointError(f"{path}: corrupted checkpoint (a file does not match its hash in {META_NAME})")
+    config = read_config(path)
+    weights = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
+    state = None
+    if training_state:
+        state_file = path / STATE_NAME
+        if not state_file.is_file():
+            raise CheckpointError(f"{path}: no {STATE_NAME}; this checkpoint cannot resume training")
+        state = torch.load(state_file, map_location=map_location, weights_only=True)
+    return Checkpoint(path=path, config=config, weights=weights, meta=meta, training_state=state)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (python, numpy, torch CPU and CUDA) as a torch.save-able dict."""
+    import random
+
+    import numpy as np
+
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": list(random.getstate()[1]) + [random.getstate()[2]],
+        "python_version": random.getstate()[0],
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype("int64")),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    import random
+
+    import numpy as np
+
+    py = state["python"]
+    random.setstate((state["python_version"], tuple(int(v) for v in py[:-1]), py[-1]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
