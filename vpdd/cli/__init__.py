@@ -15,7 +15,7 @@ import sys
 
 from vpdd.config import ConfigError
 
-COMMAND_MODULES = ("info", "config", "data", "tokenizer", "bench", "lineage", "serve")
+COMMAND_MODULES = ("info", "config", "data", "tokenizer", "bench", "lineage", "serve", "train", "policy")
 
 
 class UserError(Exception):

@@ -1,0 +1,105 @@
+"""The action network p_θ2: a causal GPT-2 over [t, prompt, foresight h, noisy actions] (algorithm.md §4.2).
+
+Design (VPDD's released ``MetaFinetuneModel_v1``, with transformers' ``GPT2Model`` as the backbone):
+
+* **Action tokens.** Each noisy action token (bin value v in [0, K_a), [MASK] = K_a) is embedded as an
+  *ordinal scalar*, ``v / K_a`` -> ``Linear(1, d) -> Mish -> Linear(d, d) -> Mish -> Linear(d, d)``, as in
+  the released code (which feeds the raw value 0..48; the scale to [0, 1] is ours).
+* **Foresight.** ``h``, the video network's decoder features at the noisy-future positions (B, N_v, d_v),
+  enters detached; a ``Linear(d_v, d)`` adapts it when the two widths differ (identity otherwise, the
+  paper's 256/256).
+* **Sequence.** ``[t, prompt, h (N_v), actions (N_a)]`` with the same multiplicative conditioning as the
+  video network (``S <- prompt * S; S <- t * S + pos; LN``), ``pos`` learned and zero-initialised.
+* **Backbone.** ``GPT2Model`` called with ``inputs_embeds`` (causal self-attention, ``n_layer`` blocks,
+  ``n_head`` heads, ``n_inner`` MLP width, Mish, dropout on residuals/attention/embeddings). Its own
+  learned position table ``wpe`` is zeroed and frozen: the released backbone has none, and ``pos`` above
+  plays that role. The token table ``wte`` is unused (vocab size 1).
+* **Heads.** The last N_a outputs are viewed as (B, chunk, D, d); dimension j of every step goes through
+  its own head ``Linear(d, d) -> Mish -> Linear(d, K_a)`` (x, y, z and the gripper on Meta-World).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vpdd.models.layers import condition, prompt_mlp, time_mlp
+
+
+class ActionNet(nn.Module):
+    def __init__(
+        self,
+        n_bins: int,
+        chunk: int,
+        action_dim: int,
+        n_video_tokens: int,
+        video_dim: int,
+        lang_dim: int,
+        n_layer: int = 6,
+        n_head: int = 2,
+        n_embd: int = 256,
+        n_inner: int = 1024,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        from transformers import GPT2Config, GPT2Model
+
+        self.n_bins, self.chunk, self.action_dim = n_bins, chunk, action_dim
+        self.n_action_tokens = chunk * action_dim
+        self.n_video_tokens = n_video_tokens
+        seq_len = 2 + n_video_tokens + self.n_action_tokens
+        d = n_embd
+        self.embed_action = nn.Sequential(
+            nn.Linear(1, d), nn.Mish(), nn.Linear(d, d), nn.Mish(), nn.Linear(d, d)
+        )
+        self.embed_foresight = nn.Identity() if video_dim == d else nn.Linear(video_dim, d)
+        self.prompt_embed = prompt_mlp(lang_dim, d)
+        self.time_embed = time_mlp(d)
+        self.pos_emb = nn.Parameter(torch.zeros(1, seq_len, d))
+        self.in_norm = nn.LayerNorm(d)
+        config = GPT2Config(
+            vocab_size=1,
+            n_positions=seq_len,
+            n_embd=d,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_inner=n_inner,
+            activation_function="mish",
+            resid_pdrop=dropout,
+            embd_pdrop=dropout,
+            attn_pdrop=dropout,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+            use_cache=False,
+        )
+        self.gpt = GPT2Model(config)
+        with torch.no_grad():
+            self.gpt.wpe.weight.zero_()
+        self.gpt.wpe.weight.requires_grad_(False)
+        self.gpt.wte.weight.requires_grad_(False)
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, d), nn.Mish(), nn.Linear(d, n_bins)) for _ in range(action_dim)
+        )
+
+    def forward(
+        self, x_action: torch.Tensor, t: torch.Tensor, lang: torch.Tensor, h: torch.Tensor
+    ) -> torch.Tensor:
+        """x_action (B, N_a) local action tokens (bins [0, K_a), [MASK] = K_a), t (B,), lang (B, L),
+        h (B, N_v, d_v) -> action logits (B, N_a, K_a)."""
+        b = x_action.shape[0]
+        if x_action.shape[1] != self.n_action_tokens or h.shape[1] != self.n_video_tokens:
+            raise ValueError(
+                f"ActionNet: expected {self.n_action_tokens} action tokens and {self.n_video_tokens} foresight "
+                f"features, got {x_action.shape[1]} and {h.shape[1]}"
+            )
+        acts = self.embed_action((x_action.float() / self.n_bins).unsqueeze(-1))
+        fore = self.embed_foresight(h.detach())
+        prompt = self.prompt_embed(lang)
+        temb = self.time_embed(t)
+        seq = torch.cat([temb[:, None], prompt[:, None], fore.to(acts.dtype), acts], dim=1)
+        seq = condition(seq, prompt, temb, self.pos_emb, self.in_norm)
+        out = self.gpt(inputs_embeds=seq).last_hidden_state[:, -self.n_action_tokens :]
+        out = out.reshape(b, self.chunk, self.action_dim, -1)
+        logits = torch.stack([head(out[:, :, j]) for j, head in enumerate(self.heads)], dim=2)
+        return logits.reshape(b, self.n_action_tokens, self.n_bins)

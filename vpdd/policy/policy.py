@@ -1,0 +1,299 @@
+"""``VPDDPolicy``: the fine-tuned VPDD model behind a LeRobot-style policy contract.
+
+::
+
+    policy = VPDDPolicy.from_pretrained("models/policy")      # self-contained checkpoint directory
+    policy.reset(seed=0)                                       # new episode(s): clear frame history and queue
+    action = policy.select_action({"image": frame}, "Press a button from the top.")   # (4,) float32
+    chunk = policy.predict_action_chunk(obs, instruction)     # (chunk, D): the whole predicted chunk
+    video = policy.predict_video(obs, instruction)            # (W, H, W, 3) uint8: decoded predicted future
+    loss, info = policy.forward(batch)                         # the training loss (does not modify batch)
+    policy.save_pretrained("some/dir")
+
+**Observations.** ``observation`` is a uint8 frame ``(H, W, 3)`` at the tokenizer's resolution (or a batch
+``(B, H, W, 3)`` for B environments stepped together), bare or as ``{"image": frame}``. The policy keeps
+the last ``encode_window`` (4) frames per environment and encodes that window with the VQ-VAE, with the
+token cache's convention: the window ends at the current frame and the first frame of the episode is
+repeated until 4 frames have been seen. ``{"history": window}`` (``(W, H, W, 3)`` or batched) passes an
+explicit window instead, without touching the stored history.
+
+**Actions.** One joint reverse diffusion from all-[MASK] (``scheduler.sample``, ``sampling_stride`` and
+``truncation_r`` default to the checkpoint's diffusion config) predicts the future clip's tokens and a chunk
+of ``chunk`` (4) actions, decoded with the checkpoint's :class:`~vpdd.models.ActionDiscretizer`.
+:meth:`select_action` executes the first ``execute_steps`` (the paper: 1) of each chunk from a queue and
+predicts again when the queue is empty; it always records the new frame. Unbatched input gives unbatched
+output. Randomness comes from the policy's generator: ``reset(seed=s)`` makes the next actions a function
+of ``s`` and the observations.
+
+**Language.** Instructions are looked up in the embedding table stored in the checkpoint; an unseen
+instruction is encoded on the fly with the checkpoint's text encoder (built lazily, and refused if its
+weights differ from the ones the policy was trained with).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vpdd.models.model import diffusion_loss, sample_tokens
+from vpdd.policy.checkpoint import (
+    KIND_POLICY,
+    LINEAGE_FILE,
+    LoadedCheckpoint,
+    load_vpdd_checkpoint,
+    save_vpdd_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+class PolicyError(ValueError):
+    """Bad input to the policy (names what was expected)."""
+
+
+@dataclass
+class PolicyOutput:
+    actions: np.ndarray | None  # (B, chunk, D) float32, None for a video-only (pre-trained) model
+    action_bins: np.ndarray | None  # (B, chunk * D) int64
+    video_tokens: torch.Tensor  # (B, t, h, w) predicted future clip tokens
+    history_tokens: torch.Tensor  # (B, t, h, w)
+
+
+class VPDDPolicy(nn.Module):
+    def __init__(self, loaded: LoadedCheckpoint, *, execute_steps: int = 1, sampling_stride: int | None = None,
+                 truncation_r: float | None = None, seed: int = 0, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.loaded = loaded
+        self.config = copy.deepcopy(loaded.config)
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.scheduler = loaded.scheduler
+        self.table = loaded.table
+        self.discretizer = loaded.discretizer
+        self.layout = loaded.spec.layout
+        tok = self.config["tokenizer"]["config"]
+        self.window = int(tok["encode_window"])
+        self.resolution = int(tok["resolution"])
+        self.grid = tuple(int(g) for g in tok["latent_shape"])
+        self.chunk = loaded.spec.chunk
+        self.action_dim = loaded.spec.action_dim
+        if not 1 <= execute_steps <= self.chunk:
+            raise PolicyError(f"execute_steps={execute_steps}: expected 1..{self.chunk} (the chunk length)")
+        self.execute_steps = int(execute_steps)
+        self.sampling_stride = sampling_stride
+        self.truncation_r = truncation_r
+        self.device = torch.device(device)
+        self.table.set_encoder_factory(self._text_encoder)
+        self.generator = torch.Generator(device=self.device)
+        self.reset(seed)
+        self.eval()
+
+    # ------------------------------------------------------------------------------ loading/saving
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs) -> VPDDPolicy:
+        """Load a ``vpdd-policy`` checkpoint (or a ``vpdd-pretrain`` one: video prediction only)."""
+        return cls(load_vpdd_checkpoint(path, device=device), device=device, **kwargs)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the policy as a checkpoint directory (weights, config, lineage; no training state)."""
+        config = copy.deepcopy(self.config)
+        config["language"]["texts"] = list(self.table.texts)
+        src = self.loaded.checkpoint
+        meta = {"step": src.step, "metrics": src.meta.get("metrics", {}), "saved_from": str(src.path),
+                "source_checkpoint_hash": src.meta.get("checkpoint_hash")}
+        lineage = None
+        if (src.path / LINEAGE_FILE).is_file():
+            lineage = json.loads((src.path / LINEAGE_FILE).read_text())
+        return save_vpdd_checkpoint(path, config=config, model_state=self.model.state_dict(),
+                                    tokenizer_state=self.tokenizer.inference_state_dict(),
+                                    text_vectors=self.table.vectors, meta=meta, lineage=lineage)
+
+    def _text_encoder(self):
+        from vpdd.config.model import LanguageConfig
+        from vpdd.models.language import build_text_encoder, encoder_identity
+
+        lang = self.config["language"]
+        cfg = LanguageConfig(**lang["config"])
+        now = encoder_identity(cfg)
+        if now.get("weights_sha256") != lang.get("weights_sha256") or now["dim"] != lang["dim"]:
+            raise PolicyError(
+                f"cannot embed a new instruction: the text encoder here ({now}) is not the one the policy was "
+                f"trained with ({ {k: lang.get(k) for k in now} })"
+            )
+        return build_text_encoder(cfg)
+
+    # --------------------------------------------------------------------------------- episode state
+    def reset(self, seed: int | None = None) -> None:
+        """Start new episode(s): forget the frame history and the queued actions; reseed if ``seed``."""
+        self._frames: deque[np.ndarray] = deque(maxlen=self.window)
+        self._queue: deque[np.ndarray] = deque()
+        self._batch: int | None = None
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+
+    def _as_frames(self, observation: Any) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
+        """(frame (B, H, W, 3) or None, explicit window (B, W, H, W, 3) or None, batched)."""
+        if isinstance(observation, dict):
+            if "history" in observation:
+                win = np.asarray(observation["history"])
+                batched = win.ndim == 5
+                win = win if batched else win[None]
+                self._check(win[:, 0], "observation['history']")
+                if win.shape[1] != self.window:
+                    raise PolicyError(f"observation['history']: expected a window of {self.window} frames, got "
+                                      f"{win.shape[1]}")
+                return None, win, batched
+            if "image" not in observation:
+                raise PolicyError("observation: expected a frame, {'image': frame} or {'history': window}")
+            observation = observation["image"]
+        frame = np.asarray(observation)
+        batched = frame.ndim == 4
+        frame = frame if batched else frame[None]
+        self._check(frame, "observation")
+        return frame, None, batched
+
+    def _check(self, frames: np.ndarray, what: str) -> None:
+        r = self.resolution
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (r, r, 3):
+            raise PolicyError(f"{what}: expected uint8 frames ({r}, {r}, 3) (optionally batched), got "
+                              f"{frames.dtype} {frames.shape[1:] if frames.ndim == 4 else frames.shape}")
+
+    def _window(self, frame: np.ndarray, record: bool) -> np.ndarray:
+        if self._batch is not None and frame.shape[0] != self._batch:
+            raise PolicyError(f"observation batch of {frame.shape[0]}, but this episode has {self._batch} "
+                              "environments; call reset() between episodes")
+        frames = [*self._frames, frame][-self.window:]
+        if record:
+            self._frames.append(frame)
+            self._batch = frame.shape[0]
+        frames = [frames[0]] * (self.window - len(frames)) + frames
+        return np.stack(frames, axis=1)  # (B, W, H, W, 3)
+
+    def observe(self, observation: Any) -> None:
+        """Record a frame in the history without acting (e.g. frames seen before the policy takes over)."""
+        frame, win, _ = self._as_frames(observation)
+        if win is not None:
+            raise PolicyError("observe takes a frame ({'image': frame}), not a 'history' window")
+        self._window(frame, record=True)
+
+    def _instructions(self, instruction: str | Sequence[str], n: int) -> list[str]:
+        texts = [instruction] * n if isinstance(instruction, str) else list(instruction)
+        if len(texts) != n:
+            raise PolicyError(f"{len(texts)} instructions for a batch of {n} observations")
+        return texts
+
+    # -------------------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def _predict(self, window: np.ndarray, texts: list[str]) -> PolicyOutput:
+        from vpdd.tokenizer.model import to_model_input
+
+        clips = to_model_input(torch.from_numpy(np.ascontiguousarray(window)).to(self.device))
+        history = self.tokenizer.encode(clips)
+        lang = self.table.lookup(texts).to(self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            x = sample_tokens(self.model, self.scheduler, history.reshape(len(texts), -1), lang, self.generator,
+                              stride=self.sampling_stride, truncation_r=self.truncation_r)
+        finally:
+            self.model.train(was_training)
+        video, action = self.layout.split(x)
+        actions = bins = None
+        if self.discretizer is not None and self.model.action is not None:
+            bins = self.layout.tokens_to_actions(action).cpu().numpy()
+            actions = self.discretizer.decode_chunk(bins)
+        return PolicyOutput(actions, bins, video.reshape(len(texts), *self.grid), history)
+
+    def predict(self, observation: Any, instruction: str | Sequence[str]) -> PolicyOutput:
+        """One joint sample of the future clip and the action chunk (does not touch the frame history)."""
+        frame, win, _ = self._as_frames(observation)
+        window = win if win is not None else self._window(frame, record=False)
+        return self._predict(window, self._instructions(instruction, len(window)))
+
+    def _require_actions(self) -> None:
+        if self.discretizer is None or self.model.action is None:
+            raise PolicyError(f"{self.loaded.path} is a {self.config['kind']!r} checkpoint without an action "
+                              "network; fine-tune it (vpdd train finetune) to get actions")
+
+    def predict_action_chunk(self, observation: Any, instruction: str | Sequence[str]) -> np.ndarray:
+        """The predicted chunk, (chunk, D) or (B, chunk, D) float32."""
+        self._require_actions()
+        _, _, batched = self._as_frames(observation)
+        out = self.predict(observation, instruction).actions
+        return out if batched else out[0]
+
+    def predict_video(self, observation: Any, instruction: str | Sequence[str]) -> np.ndarray:
+        """The predicted future clip decoded by the VQ-VAE: (W, H, W, 3) or (B, W, H, W, 3) uint8."""
+        from vpdd.tokenizer.model import to_uint8
+
+        _, _, batched = self._as_frames(observation)
+        tokens = self.predict(observation, instruction).video_tokens
+        with torch.no_grad():
+            frames = to_uint8(self.tokenizer.decode(tokens)).cpu().numpy()
+        return frames if batched else frames[0]
+
+    def select_action(self, observation: Any, instruction: str | Sequence[str]) -> np.ndarray:
+        """The next action, (D,) or (B, D) float32: from the queue, or a new chunk when it is empty."""
+        self._require_actions()
+        frame, win, batched = self._as_frames(observation)
+        if win is not None:
+            raise PolicyError("select_action keeps its own frame history: pass {'image': frame}, not 'history'")
+        window = self._window(frame, record=True)
+        if not self._queue:
+            chunk = self._predict(window, self._instructions(instruction, len(window))).actions
+            self._queue.extend(chunk[:, k] for k in range(self.execute_steps))
+        action = self._queue.popleft()
+        return action if batched else action[0]
+
+    # --------------------------------------------------------------------------------------- training
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The diffusion training loss of a batch (never modified):
+
+        ``history``/``target``: (B, t, h, w) or (B, N_v) video tokens (or ``history_frames``/``target_frames``:
+        uint8 windows (B, W, H, W, 3) to encode); ``actions``: (B, chunk, D) continuous actions or
+        ``action_bins``: (B, chunk * D) bins (neither: the pre-training dummy); ``instruction``: B strings or
+        ``lang``: (B, L) embeddings; optional ``generator``. Updates the scheduler's importance-sampling
+        history only in training mode."""
+        from vpdd.tokenizer.model import to_model_input
+
+        def tokens(key: str) -> torch.Tensor:
+            if key in batch:
+                return torch.as_tensor(batch[key]).to(self.device, torch.long).reshape(len(batch[key]), -1)
+            frames = batch.get(f"{key}_frames")
+            if frames is None:
+                raise PolicyError(f"batch: expected '{key}' tokens or '{key}_frames'")
+            clips = to_model_input(torch.as_tensor(np.asarray(frames)).to(self.device))
+            with torch.no_grad():
+                return self.tokenizer.encode(clips).reshape(len(frames), -1)
+
+        history, target = tokens("history"), tokens("target")
+        n = history.shape[0]
+        if "action_bins" in batch:
+            bins = torch.as_tensor(batch["action_bins"]).to(self.device, torch.long).reshape(n, -1)
+        elif "actions" in batch:
+            self._require_actions()
+            a = np.asarray(batch["actions"], dtype=np.float32).reshape(n, self.chunk, self.action_dim)
+            bins = torch.from_numpy(self.discretizer.encode(a).reshape(n, -1)).to(self.device)
+        else:
+            bins = torch.zeros(n, self.layout.n_action_tokens, dtype=torch.long, device=self.device)
+        if "lang" in batch:
+            lang = torch.as_tensor(batch["lang"]).to(self.device, torch.float32)
+        else:
+            lang = self.table.lookup(self._instructions(batch["instruction"], n)).to(self.device)
+        x0 = torch.cat([target, self.layout.actions_to_tokens(bins)], dim=1)
+        return diffusion_loss(self.model, self.scheduler, x0, history, lang, batch.get("generator"),
+                              update_history=self.training)
+
+    @property
+    def is_policy(self) -> bool:
+        return self.config["kind"] == KIND_POLICY

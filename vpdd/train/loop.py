@@ -1,0 +1,506 @@
+"""One training loop for both diffusion stages: actionless pre-training and few-demonstration fine-tuning.
+
+:func:`train_stage` trains :class:`~vpdd.models.VPDDModel` with the unified discrete diffusion
+(:class:`~vpdd.diffusion.MaskReplaceScheduler`; this module never does diffusion maths) on sequences from
+the token cache (:mod:`vpdd.train.datasets`). The stage config decides what learns (``train``: video
+and/or action network; everything else is frozen, in eval mode, under ``no_grad``):
+
+* ``pretrain``: the Perceiver video network on robot + corpus video, no action network (the scheduler's
+  all-zero action logits), writes a ``vpdd-pretrain`` checkpoint;
+* ``finetune``: the pre-trained video network loaded (its EMA weights) and frozen, a new GPT-2 action
+  network trained on ``demos_per_task`` demonstrations per task; the action discretizer is fitted on
+  them; writes a ``vpdd-policy`` checkpoint (:mod:`vpdd.policy.checkpoint` describes both layouts).
+
+Per optimizer step: ``grad_accum`` micro-batches (DDP synchronises only on the last), Adam, then the EMA
+update (copy before ``ema_start``, blend every ``ema_every`` steps). bf16 autocast on CUDA.
+
+Safety and exactness:
+
+* every random draw of a micro-batch is seeded from ``(seed, rank, step, micro)`` (:func:`step_seed`);
+  weights, EMA, optimizer and the scheduler's importance-sampling history (per rank) are saved, so a
+  resumed run ends bit-identical to an uninterrupted one on the same machine;
+* a run resumes only from a checkpoint with the same **fingerprint** (configs except the cadence keys,
+  tokenizer and token-cache identity, pre-trained model, demonstrations, text encoder, world size and a
+  digest of the training code). ``resume="strict"`` refuses a different one (naming the differences),
+  ``"auto"`` (the DVC stages, whose outputs persist) starts over, ``"never"`` always starts over;
+* a non-finite loss or gradient stops the run with :class:`TrainingDiverged` before the optimizer step;
+  nothing is saved after the last good checkpoint. SIGTERM/SIGINT save and raise
+  :class:`TrainingInterrupted`. Checkpoints are written atomically.
+
+Rank 0 logs to DVCLive (``live_dir/metrics.json``, ``live_dir/plots/metrics``) and, at the end, samples
+``eval_samples`` sequences with the EMA weights: video-token accuracy against the true future (and, as a
+reference, the accuracy of copying the history), action-bin accuracy and decoded L1 (fine-tuning), and an
+image grid ``live_dir/samples.png`` (per row: history window | true future | predicted future).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vpdd.diffusion import MaskReplaceScheduler, TokenLayout
+from vpdd.models.language import InstructionTable, build_text_encoder, encoder_identity
+from vpdd.models.model import PARTS, ModelSpec, VPDDModel, diffusion_loss, sample_tokens
+from vpdd.policy.checkpoint import (
+    KIND_POLICY,
+    KIND_PRETRAIN,
+    check_pretrained_compatible,
+    load_vpdd_checkpoint,
+    read_vpdd_config,
+    save_vpdd_checkpoint,
+)
+from vpdd.train import distributed as dist_utils
+from vpdd.train.checkpoint import CheckpointError, checkpoint_hash, has_checkpoint, read_config
+from vpdd.train.datasets import FinetuneData, PretrainData
+from vpdd.train.ema import EMA
+from vpdd.train.guard import StopFlag, TrainingDiverged, TrainingInterrupted, log_metrics, open_live, step_seed
+
+log = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "finetune")
+# keys of the stage config a resumed run may change (they do not change what the steps compute)
+CADENCE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_samples", "eval_stride")
+# params.yaml keys each stage reads (the lineage params hash; the dvc.yaml params lists)
+PARAM_KEYS = {
+    "pretrain": ["model.video", "model.language", "model.actions", "diffusion", "pretrain"],
+    "finetune": ["model", "diffusion", "finetune", "data.robot.tasks"],
+}
+_CODE = ("models", "diffusion", "train/loop.py", "train/datasets.py", "train/ema.py", "policy/checkpoint.py")
+
+
+@dataclass
+class StageResult:
+    out: Path
+    step: int
+    resumed_from: int | None
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def code_digest() -> str:
+    """sha256 of the source files that define what a training step computes."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for rel in _CODE:
+        p = root / rel
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _diff(old: dict[str, Any] | None, new: dict[str, Any], prefix: str = "") -> list[str]:
+    if not isinstance(old, dict):
+        return [f"{prefix or 'fingerprint'}: checkpoint has none"]
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: checkpoint {str(a)[:80]!r} vs now {str(b)[:80]!r}")
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def train_stage(
+    stage: str,
+    cfg,
+    *,
+    tokens: str | Path,
+    tokenizer: str | Path,
+    out: str | Path,
+    live_dir: str | Path | None = None,
+    robot: str | Path | None = None,
+    pretrained: str | Path | None = None,
+    resume: str = "strict",
+    device: str = "auto",
+    params_file: str | None = "params.yaml",
+    step_hook: Callable[[int, VPDDModel], None] | None = None,
+    progress: bool | None = None,
+) -> StageResult:
+    """Train ``stage`` ("pretrain" | "finetune") with the root config ``cfg``; ``out`` ends complete.
+
+    ``step_hook(step, model)`` runs after each optimizer step (tests inject stops and faults with it)."""
+    from vpdd.tokenizer import TokenCache, load_tokenizer
+
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r}: expected one of {STAGES}")
+    if resume not in ("strict", "auto", "never"):
+        raise ValueError(f"resume={resume!r}: expected strict, auto or never")
+    out, tokens, tokenizer = Path(out), Path(tokens), Path(tokenizer)
+    live_path = Path(live_dir) if live_dir is not None else None
+    scfg = getattr(cfg, stage)
+    info = dist_utils.init_distributed(device)
+    dev = info.device
+    t_start = time.time()
+
+    # -- tokens, tokenizer, layout ----------------------------------------------------------------------
+    cache = TokenCache(tokens)
+    cache.check_tokenizer(tokenizer)
+    tok_hash = checkpoint_hash(tokenizer)
+    vq, tok_cfg, _ = load_tokenizer(tokenizer)
+    codebook = vq.codebook.embeddings.detach().clone().float()
+    grid = cache.grid_shape
+    act = cfg.model.actions
+    layout = TokenLayout(cache.n_codes, act.n_bins, int(np.prod(grid)), act.chunk * act.dim)
+    if codebook.shape[0] != layout.n_video_codes:
+        raise CheckpointError(f"{tokenizer}: {codebook.shape[0]} codes, but {tokens} says {cache.n_codes}")
+    identity = encoder_identity(cfg.model.language)
+    manifest_sha = _sha256_file(tokens / "manifest.json")
+
+    # -- data and the pre-trained model ----------------------------------------------------------------
+    pre = None
+    if stage == "finetune":
+        if robot is None:
+            raise ValueError("fine-tuning needs the robot episodes (their actions): pass --robot")
+        data: PretrainData | FinetuneData = FinetuneData(
+            cache, robot, list(cfg.data.robot.tasks), scfg.demos_per_task, scfg.future_offset, act.n_bins, act.chunk
+        )
+        if scfg.init_from_pretrained:
+            if pretrained is None:
+                raise ValueError("finetune.init_from_pretrained is true: pass --pretrained (a pre-trained model)")
+            pre_cfg = read_vpdd_config(pretrained, (KIND_PRETRAIN, KIND_POLICY))
+            check_pretrained_compatible(
+                pretrained, pre_cfg, layout=layout, tokenizer_hash=tok_hash, language=identity,
+                video=dataclasses.asdict(cfg.model.video), code_dim=codebook.shape[1],
+            )
+            pre = load_vpdd_checkpoint(pretrained)
+    else:
+        data = PretrainData(cache, scfg, layout.n_action_tokens)
+
+    fingerprint = _jsonable({
+        "stage": stage,
+        "train": {k: v for k, v in dataclasses.asdict(scfg).items() if k not in CADENCE_KEYS},
+        "model": dataclasses.asdict(cfg.model),
+        "diffusion": dataclasses.asdict(cfg.diffusion),
+        "tokenizer_hash": tok_hash,
+        "token_cache_manifest_sha256": manifest_sha,
+        "pretrained_hash": pre.checkpoint.meta.get("checkpoint_hash") if pre is not None else None,
+        "demonstrations": data.describe() if isinstance(data, FinetuneData) else None,
+        "text_encoder": identity,
+        "world_size": info.world_size,
+        "code_sha256": code_digest(),
+        "torch": torch.__version__,
+    })
+
+    # -- resume? ---------------------------------------------------------------------------------------
+    if info.is_main and resume != "never":
+        has_checkpoint(out)  # finish an interrupted save before anyone reads
+    dist_utils.barrier(info)
+    state_ckpt = None
+    if resume != "never" and (out / "meta.json").is_file():
+        old = read_config(out)
+        diff = _diff(old.get("fingerprint"), fingerprint)
+        if diff and resume == "strict":
+            raise CheckpointError(
+                f"{out}: holds a different run, cannot resume (" + "; ".join(diff[:6])
+                + "). Use another --out, or --fresh to start over."
+            )
+        if diff:
+            log.warning("%s: a different run (%s); starting over", out, "; ".join(diff[:3]))
+        else:
+            state_ckpt = load_vpdd_checkpoint(out, training_state=True)
+            saved_step = state_ckpt.checkpoint.training_state["step"]
+            if saved_step > scfg.steps:
+                if resume == "strict":
+                    raise CheckpointError(f"{out}: already at step {saved_step} > {stage}.steps={scfg.steps}; "
+                                          "use --fresh to train a shorter run")
+                log.warning("%s: at step %d > %d steps; starting over", out, saved_step, scfg.steps)
+                state_ckpt = None
+
+    # -- language ---------------------------------------------------------------------------------------
+    base = state_ckpt or pre
+    table = InstructionTable(identity["dim"]) if base is None else base.table
+    table.set_encoder_factory(lambda: build_text_encoder(cfg.model.language))
+    if info.is_main:
+        table.add(data.texts())
+    texts, vectors = dist_utils.broadcast_object((table.texts, table.vectors), info)
+    table = InstructionTable(identity["dim"], texts, vectors)
+    data.bind(table.index)
+    text_vectors = table.vectors.to(dev)
+
+    # -- model, optimizer, EMA, scheduler ----------------------------------------------------------------
+    spec = ModelSpec.from_config(cfg.model, layout, codebook.shape[1], identity["dim"], stage == "finetune")
+    torch.manual_seed(scfg.seed)
+    model = VPDDModel(spec)
+    model.video.set_codebook(codebook)
+    if pre is not None:
+        model.video.load_state_dict(pre.model.video.state_dict())
+    model.freeze([p for p in PARTS if p not in scfg.train])
+    model.to(dev)
+    scheduler = MaskReplaceScheduler.from_config(cfg.diffusion, layout, device=dev)
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=scfg.lr, betas=(0.9, 0.999))
+    ema = EMA(model, scfg.ema_decay, scfg.ema_every, scfg.ema_start)
+    start_step, resumed_from, elapsed_before = 0, None, 0.0
+    if state_ckpt is not None:
+        st = state_ckpt.checkpoint.training_state
+        model.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        optimizer.load_state_dict(st["optimizer"])
+        per_rank = st["scheduler"]
+        scheduler.load_state_dict(per_rank[info.rank] if info.rank < len(per_rank) else per_rank[0])
+        start_step = resumed_from = int(st["step"])
+        elapsed_before = float(st.get("elapsed_s", 0.0))
+        if info.is_main:
+            log.info("resuming %s from step %d of %d", out, start_step, scfg.steps)
+    net: torch.nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    model.train()
+    n_params = {p: sum(x.numel() for x in getattr(model, p).parameters()) for p in PARTS if getattr(model, p)}
+    if info.is_main:
+        log.info("%s: %s parameters, training %s; %s", stage, n_params, list(scfg.train), layout)
+
+    lineage = _lineage(out, stage, params_file, tok_hash, manifest_sha, cache, pre) if info.is_main else None
+    base_config = {
+        "kind": KIND_POLICY if stage == "finetune" else KIND_PRETRAIN,
+        "stage": stage,
+        "model": spec.to_dict(),
+        "model_config": dataclasses.asdict(cfg.model),
+        "scheduler": scheduler.to_dict(),
+        "tokenizer": {"checkpoint_hash": tok_hash, "path": str(tokenizer), "config": _tok_config(tok_cfg)},
+        "language": {**identity, "config": dataclasses.asdict(cfg.model.language), "texts": table.texts},
+        "actions": data.discretizer.to_dict() if isinstance(data, FinetuneData) else None,
+        "train": dataclasses.asdict(scfg),
+        "data": {
+            "token_cache": {"path": str(tokens), "manifest_sha256": manifest_sha, "grid_shape": list(grid),
+                            "data_version": cache.data_version, "sources": cache.sources},
+            "demonstrations": data.describe() if isinstance(data, FinetuneData) else None,
+        },
+        "pretrained": None if pre is None else {"path": str(pretrained),
+                                                "checkpoint_hash": pre.checkpoint.meta.get("checkpoint_hash")},
+        "fingerprint": fingerprint,
+        "provenance": _provenance(lineage, tok_hash, manifest_sha),
+    }
+    live = open_live(live_path, resumed_from) if info.is_main else None
+
+    def save(step: int, metrics: dict[str, float]) -> None:
+        dist_utils.check_in_sync([p.detach() for p in model.trainable_parameters()], info)
+        bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise TrainingDiverged(f"step {step}: non-finite weights {bad[:3]}; not saving, {out} keeps the last "
+                                   "good checkpoint")
+        sched_states = [scheduler.state_dict()]
+        if info.enabled:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * info.world_size
+            dist.all_gather_object(gathered, {k: v.cpu() for k, v in scheduler.state_dict().items()})
+            sched_states = gathered
+        if info.is_main:
+            state = {
+                "step": step,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "ema": {k: v.cpu() for k, v in ema.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": [{k: v.cpu() for k, v in s.items()} for s in sched_states],
+                "elapsed_s": elapsed_before + time.time() - t_start,
+            }
+            meta = {"step": step, "steps": scfg.steps, "stage": stage, "world_size": info.world_size,
+                    "torch": torch.__version__, "python": sys.version.split()[0], "metrics": metrics,
+                    "parameters": n_params}
+            save_vpdd_checkpoint(out, config=base_config, model_state=ema.averaged_state_dict(model),
+                                 tokenizer_state=vq.inference_state_dict(), text_vectors=table.vectors,
+                                 training_state=state, meta=meta, lineage=lineage)
+            log.info("checkpoint: %s at step %d", out, step)
+        dist_utils.barrier(info)
+
+    # -- loop ---------------------------------------------------------------------------------------------
+    from tqdm import tqdm
+
+    show = info.is_main and (sys.stderr.isatty() if progress is None else progress)
+    bar = tqdm(total=scfg.steps, initial=start_step, desc=stage, unit="step", disable=not show)
+    params = model.trainable_parameters()
+    acc: dict[str, float] = {}
+    n_acc, t_log = 0, time.time()
+    step = start_step
+    metrics: dict[str, float] = {}
+    try:
+        with StopFlag() as stop:
+            while step < scfg.steps:
+                values = []
+                for micro in range(scfg.grad_accum):
+                    torch.manual_seed(step_seed(scfg.seed, info.rank, step, micro, 0))  # dropout
+                    gen = torch.Generator(device=dev).manual_seed(step_seed(scfg.seed, info.rank, step, micro, 1))
+                    batch = data.batch(scfg.batch_size, scfg.seed, info.rank, step, micro).to(dev)
+                    sync = info.enabled and micro < scfg.grad_accum - 1
+                    with net.no_sync() if sync else nullcontext():
+                        loss, linfo = diffusion_loss(net, scheduler, batch.x0(layout), batch.history,
+                                                     text_vectors[batch.lang_ids], gen)
+                        (loss / scfg.grad_accum).backward()
+                    values.append(float(loss.detach()))
+                    for k in ("kl_loss", "kl_video", "kl_action", "aux"):
+                        acc[k] = acc.get(k, 0.0) + float(linfo[k]) / scfg.grad_accum
+                grads = [p.grad for p in params if p.grad is not None]
+                gnorm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+                bad = not all(math.isfinite(v) for v in values) or not math.isfinite(gnorm)
+                if dist_utils.any_true(bad, info):
+                    raise TrainingDiverged(
+                        f"step {step}: loss {values} / gradient norm {gnorm} not finite (on some rank); stopping "
+                        f"before the update. {out} keeps the last good checkpoint; lower {stage}.lr or check data"
+                    )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                ema.update(model, step)
+                bar.update(1)
+                acc["loss"] = acc.get("loss", 0.0) + sum(values) / len(values)
+                acc["grad_norm"] = acc.get("grad_norm", 0.0) + gnorm
+                n_acc += 1
+                if step % scfg.log_every == 0 or step == scfg.steps:
+                    now = time.time()
+                    metrics = {f"train/{k}": v / n_acc for k, v in acc.items()}
+                    metrics["train/seq_per_s"] = (n_acc * scfg.batch_size * scfg.grad_accum * info.world_size
+                                                  / max(now - t_log, 1e-9))
+                    metrics["train/s_per_step"] = (now - t_log) / n_acc
+                    if info.is_main:
+                        log_metrics(live, step, metrics)
+                        bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
+                        log.info("%s step %d: %s", stage, step,
+                                 ", ".join(f"{k[6:]} {v:.4g}" for k, v in metrics.items()))
+                    acc, n_acc, t_log = {}, 0, now
+                stopping = dist_utils.any_true(stop.signal is not None, info)
+                if step == scfg.steps and info.is_main and scfg.eval_samples > 0:
+                    metrics = {**metrics, **_evaluate(model, ema, spec, scheduler, data, text_vectors, vq, layout,
+                                                      scfg, dev, live_path)}
+                    log_metrics(live, step, {k: v for k, v in metrics.items() if k.startswith("eval/")})
+                if step % scfg.checkpoint_every == 0 or step == scfg.steps or stopping:
+                    save(step, metrics)
+                if stopping:
+                    raise TrainingInterrupted(f"stopped by a signal at step {step}; checkpoint saved in {out}; "
+                                              "run the same command again to resume")
+                if step_hook is not None:
+                    step_hook(step, model)
+    finally:
+        bar.close()
+        if live is not None:
+            live.make_summary()
+    seconds = elapsed_before + time.time() - t_start
+    if live is not None:
+        live.summary["train_seconds"] = round(seconds, 2)
+        live.summary["steps"] = step
+        live.make_summary()
+        live.end()
+    dist_utils.barrier(info)
+    dist_utils.cleanup(info)
+    if start_step >= scfg.steps and info.is_main:
+        log.info("%s: %s is already trained to step %d; nothing to do", stage, out, start_step)
+        metrics = dict(state_ckpt.checkpoint.meta.get("metrics", {})) if state_ckpt is not None else {}
+    return StageResult(out=out, step=step, resumed_from=resumed_from, seconds=seconds, metrics=metrics)
+
+
+def _tok_config(tok_cfg) -> dict[str, Any]:
+    from vpdd.tokenizer.pretrained import config_dict
+
+    return config_dict(tok_cfg)
+
+
+def _lineage(out: Path, stage: str, params_file: str | None, tok_hash: str, manifest_sha: str, cache,
+             pre) -> dict[str, Any] | None:
+    """The vpdd.lineage record of ``out`` (None when the lineage module cannot build one here)."""
+    try:
+        from vpdd.lineage import build_lineage
+
+        extra = {"tokenizer_hash": tok_hash, "token_cache_manifest_sha256": manifest_sha,
+                 "token_cache_data_version": cache.data_version,
+                 "pretrained_hash": pre.checkpoint.meta.get("checkpoint_hash") if pre is not None else None}
+        return build_lineage(out, stage=stage, params_file=params_file or "params.yaml",
+                             params_keys=PARAM_KEYS[stage], extra=extra)
+    except Exception as err:  # lineage is a record, not a reason to lose a training run
+        log.warning("lineage record not built (%s)", err)
+        return None
+
+
+def _provenance(lineage: dict[str, Any] | None, tok_hash: str, manifest_sha: str) -> dict[str, Any]:
+    lineage = lineage or {}
+    return {
+        "git": lineage.get("git"),
+        "params_sha256": (lineage.get("params") or {}).get("sha256"),
+        "data_md5": (lineage.get("data") or {}).get("md5"),
+        "tokenizer_hash": tok_hash,
+        "token_cache_manifest_sha256": manifest_sha,
+    }
+
+
+@torch.no_grad()
+def _evaluate(model, ema, spec, scheduler, data, text_vectors, vq, layout, scfg, dev, live_path) -> dict[str, float]:
+    """Sample ``eval_samples`` training sequences with the EMA weights (one reverse chain, stride ``eval_stride``)."""
+    from vpdd.train.datasets import FinetuneData
+
+    infer = VPDDModel(spec)
+    infer.load_state_dict(ema.averaged_state_dict(model))
+    infer.to(dev).eval()
+    batch = data.eval_batch(scfg.eval_samples, scfg.seed).to(dev)
+    gen = torch.Generator(device=dev).manual_seed(scfg.seed + 17)
+    stride = min(scfg.eval_stride, scheduler.num_timesteps)
+    x = sample_tokens(infer, scheduler, batch.history, text_vectors[batch.lang_ids], gen, stride=stride)
+    video, action = layout.split(x)
+    out = {
+        "eval/video_token_acc": float((video == batch.target).float().mean()),
+        "eval/copy_history_token_acc": float((batch.history == batch.target).float().mean()),
+    }
+    if isinstance(data, FinetuneData):
+        bins = layout.tokens_to_actions(action).cpu().numpy()
+        true = batch.actions.cpu().numpy()
+        disc = data.discretizer
+        err = np.abs(disc.decode_chunk(bins) - disc.decode_chunk(true))
+        majority = np.stack([np.bincount(c, minlength=disc.n_bins).argmax() for c in data.action_bins.T])
+        out.update({
+            "eval/action_bin_acc": float((bins == true).mean()),
+            "eval/majority_bin_acc": float((true == majority[None]).mean()),
+            "eval/action_l1": float(err.mean()),
+            "eval/action_l1_first_step": float(err[:, 0].mean()),
+        })
+    if live_path is not None:
+        _write_grid(live_path / "samples.png", vq, batch.history, batch.target, video, data, dev)
+    log.info("evaluation (%d sampled sequences, stride %d): %s", len(batch.history), stride,
+             ", ".join(f"{k[5:]} {v:.4f}" for k, v in out.items()))
+    return out
+
+
+def _write_grid(path: Path, vq, history, target, predicted, data, dev) -> None:
+    from vpdd.tokenizer.model import to_uint8
+    from vpdd.utils.io import atomic_write_bytes
+
+    grid = data.pairs.source.tokens.shape[1:] if hasattr(data, "pairs") else None
+    if grid is None:
+        grid = next(iter(data.sources.values())).source.tokens.shape[1:]
+    n = min(4, len(history))
+    vq = vq.to(dev)
+    rows = []
+    for codes in (history[:n], target[:n], predicted[:n]):
+        frames = to_uint8(vq.decode(codes.reshape(n, *grid))).cpu().numpy()  # (n, T, H, W, 3)
+        rows.append(frames)
+    tiles = [np.concatenate([np.concatenate(list(r[i]), axis=1) for r in rows], axis=1) for i in range(n)]
+    image = np.concatenate(tiles, axis=0)
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    img = Image.fromarray(image)
+    img.resize((img.width * 2, img.height * 2), Image.NEAREST).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
