@@ -290,11 +290,11 @@ def publish_stage_artifacts(stages: list[str], repo: Path = REPO) -> list[str]:
                                   description=f"Metrics of DVC stage `{name}` ({', '.join(info.metrics)})")
             keys.append(key)
         for rel in info.plots:
-            keys += _link_files(repo, rel, f"plot of stage `{name}`")
+            keys += link_files(repo, rel, f"plot of stage `{name}`")
     return keys
 
 
-def _link_files(repo: Path, rel: str, what: str, limit: int = 12) -> list[str]:
+def link_files(repo: Path, rel: str, what: str, limit: int = 12) -> list[str]:
     """Link artifacts (``file://`` URLs on the machine that ran the flow) for a file or a folder's media."""
     path = repo / rel
     if path.is_dir():
@@ -313,27 +313,46 @@ def _link_files(repo: Path, rel: str, what: str, limit: int = 12) -> list[str]:
     return keys
 
 
-def eval_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows ``{"task", "success_rate", "episodes"}`` from an evaluation metrics file.
+def _ci(value: Any) -> tuple[Any, Any]:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return value[0], value[1]
+    return None, None
 
-    Accepted shapes: ``{"per_task": {task: {"success_rate": x, "episodes": n}}}``, ``{"per_task": {task: x}}``
-    (or ``tasks`` instead of ``per_task``), with an optional ``mean_success_rate``.
+
+def eval_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows ``{"task", "success", "ci95_low", "ci95_high", "successes", "episodes"}`` of an evaluation
+    metrics file, one per task and a last ``mean`` row.
+
+    The shape ``vpdd eval`` writes (results/eval/metrics.json)::
+
+        {"mean_success": 0.4, "ci95": [lo, hi], "episodes": 20,
+         "tasks": {task: {"success": 0.5, "ci95": [lo, hi], "episodes": 10, "successes": 5}, ...}, ...}
+
+    Also read: ``success_rate`` for ``success``, ``per_task`` for ``tasks``, a bare number per task, and
+    ``mean_success_rate`` for ``mean_success``. A file without per-task results gives no rows.
     """
-    per_task = metrics.get("per_task") or metrics.get("tasks") or {}
+    per_task = metrics.get("tasks") or metrics.get("per_task") or {}
+    if not isinstance(per_task, dict):
+        return []
     rows = []
     for name, value in per_task.items():
-        if isinstance(value, dict):
-            rate = value.get("success_rate", value.get("success"))
-            rows.append({"task": name, "success_rate": rate, "episodes": value.get("episodes")})
-        else:
-            rows.append({"task": name, "success_rate": value, "episodes": None})
+        value = value if isinstance(value, dict) else {"success": value}
+        lo, hi = _ci(value.get("ci95"))
+        rows.append({"task": name, "success": value.get("success", value.get("success_rate")),
+                     "ci95_low": lo, "ci95_high": hi, "successes": value.get("successes"),
+                     "episodes": value.get("episodes")})
     if rows:
-        mean = metrics.get("mean_success_rate")
+        mean = metrics.get("mean_success", metrics.get("mean_success_rate"))
         if mean is None:
-            rates = [r["success_rate"] for r in rows if isinstance(r["success_rate"], (int, float))]
+            rates = [r["success"] for r in rows if isinstance(r["success"], (int, float))]
             mean = sum(rates) / len(rates) if rates else None
-        rows.append({"task": "mean", "success_rate": mean,
-                     "episodes": sum(r["episodes"] or 0 for r in rows) or None})
+        lo, hi = _ci(metrics.get("ci95"))
+        counted = [r["successes"] for r in rows if isinstance(r["successes"], int)]
+        episodes = metrics.get("episodes")
+        if episodes is None:
+            episodes = sum(r["episodes"] or 0 for r in rows) or None
+        rows.append({"task": "mean", "success": mean, "ci95_low": lo, "ci95_high": hi,
+                     "successes": sum(counted) if len(counted) == len(rows) else None, "episodes": episodes})
     return rows
 
 
@@ -350,16 +369,21 @@ def publish_eval(repo: Path = REPO) -> list[str]:
     keys = []
     for f in files:
         rel = f.relative_to(repo).as_posix()
-        rows = eval_rows(json.loads(f.read_text()))
+        try:
+            doc = json.loads(f.read_text())
+        except json.JSONDecodeError as err:
+            logger.warning("%s is not JSON (%s); no success table from it", rel, err)
+            continue
+        rows = eval_rows(doc) if isinstance(doc, dict) else []
         if not rows:
             logger.warning("%s has no per-task results", rel)
             continue
         bench = f.parent.name if f.parent.name != "eval" else "eval"
         key = artifact_key("success", bench)
-        create_table_artifact(rows, key=key, description=f"Per-task success rate from `{rel}`")
+        create_table_artifact(rows, key=key, description=f"Per-task success rate (95% CI) from `{rel}`")
         keys.append(key)
     if (repo / "results" / "eval").is_dir():
-        keys += _link_files(repo, "results/eval", "rollout video")
+        keys += link_files(repo, "results/eval", "rollout video")
     return keys
 
 
@@ -388,10 +412,31 @@ def lineage_markdown(repo: Path, run: dict[str, Any] | None) -> str:
             if out in outs:
                 lines.append(f"| {name} | `{out}` | `{outs[out]['md5']}` |")
     for out in outs:
-        if outs[out]["stage"] in shown and (repo / out / lineage.LINEAGE_FILE).is_file():
-            record = lineage.read_lineage(repo / out)
-            lines += ["", lineage.lineage_markdown(record, lineage.lock_stage_for(repo, out))]
+        if outs[out]["stage"] in shown and (repo / out).is_dir():
+            lines += _output_lineage(repo, out)
     return "\n".join(lines) + "\n"
+
+
+def _output_lineage(repo: Path, out: str) -> list[str]:
+    """Markdown for one output's lineage record (lineage.json, else the copy in model.safetensors), with a
+    warning when the two copies disagree; nothing for an output without a record."""
+    from vpdd import lineage
+
+    try:
+        sources = lineage.lineage_sources(repo / out)
+    except ValueError as err:  # a damaged record must not fail the run that reports it
+        return ["", f"**{out}: lineage record unreadable:** {err}"]
+    first, second = sources[lineage.LINEAGE_FILE], sources[lineage.WEIGHTS_FILE]
+    record = first if first is not None else second
+    if record is None:
+        return []
+    lines = ["", lineage.lineage_markdown(record, lineage.lock_stage_for(repo, out)).rstrip("\n")]
+    if first is None:
+        lines += ["", f"(no `{lineage.LINEAGE_FILE}` in `{out}`: read from the `{lineage.WEIGHTS_FILE}` metadata)"]
+    elif second is not None and (diff := lineage.compare_records(first, second)):
+        lines += ["", f"**MISMATCH:** `{out}/{lineage.LINEAGE_FILE}` and the `{lineage.WEIGHTS_FILE}` metadata "
+                      "differ:", *[f"- {d}" for d in diff[:20]]]
+    return lines
 
 
 @task(name="publish-lineage", cache_policy=NONE)

@@ -19,7 +19,9 @@ A lineage record (``build_lineage``) is a small JSON-able dict::
     git                  {"commit", "dirty"} of the checkout the stage ran in
     data                 {"dvc_file", "path", "md5", "size", "nfiles"} from data.dvc (the raw-data version)
     artifacts            {"token_cache", "tokenizer", "pretrain"} -> {"path", "md5", "stage"} or null,
-                         read from dvc.lock (build/tokens, models/tokenizer, models/pretrain)
+                         read from dvc.lock (build/tokens, models/tokenizer, models/pretrain); null
+                         unless its stage is upstream of this one in dvc.yaml (a stage never lists its
+                         own previous output)
     params               {"file", "keys", "sha256"}: sha256 of the canonical JSON of the params used
     kernel_impl          what vpdd_kernels.dispatch.resolve_impl picks ("triton" or "torch")
     versions             package versions (vpdd, torch, triton, numpy, dvc, prefect, ...)
@@ -30,6 +32,10 @@ Training code attaches it to a checkpoint with::
     record = build_lineage(out_dir)                  # inside the DVC stage that writes out_dir
     write_lineage(out_dir, record)                   # out_dir/lineage.json, atomically
     save_file(tensors, out_dir / "model.safetensors", metadata=lineage_metadata(record))
+
+(``vpdd.policy.checkpoint.save_vpdd_checkpoint(..., lineage=record)`` does both for the pre-trained model
+and the policy.) :func:`read_lineage` reads lineage.json and falls back to the weights' metadata when the
+file is gone; :func:`lineage_sources` and :func:`compare_records` tell whether the two copies agree.
 
 The git commit is the commit the stage ran on; inside ``dvc repro`` the working tree is usually dirty
 (data.dvc or params changed, dvc.lock being rewritten), so the commit plus the hashes, not the commit alone,
@@ -53,6 +59,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = 1
 LINEAGE_FILE = "lineage.json"
+WEIGHTS_FILE = "model.safetensors"  # vpdd.train.checkpoint.WEIGHTS_NAME
 METADATA_KEY = "vpdd.lineage"
 # Upstream artefacts recorded by name: record key -> output path in dvc.yaml.
 UPSTREAM_OUTPUTS = {"token_cache": "build/tokens", "tokenizer": "models/tokenizer", "pretrain": "models/pretrain"}
@@ -293,18 +300,22 @@ def build_lineage(
         stage = stage.rsplit(":", 1)[1]
     params = _yaml(root / params_file)
     keys = params_keys
+    stages = pipeline_stages(root)
     if keys is None and stage:
-        info = pipeline_stages(root).get(stage)
+        info = stages.get(stage)
         keys = info.params if info and info.params else None
     outs = lock_outputs(_yaml(root / "dvc.lock"))
+    output = _relative(Path(out_dir), root)
     artifacts = {}
     for name, path in UPSTREAM_OUTPUTS.items():
         hit = outs.get(path)
+        if hit and not _is_upstream(stages, stage, hit["stage"], path, output):
+            hit = None  # this output itself, or one the stage does not depend on (e.g. from an earlier run)
         artifacts[name] = {"path": path, "md5": hit["md5"], "stage": hit["stage"]} if hit else None
     kernel_cfg = _lookup(params, "kernel.impl") or "auto"
     record: dict[str, Any] = {
         "schema": SCHEMA,
-        "output": _relative(Path(out_dir), root),
+        "output": output,
         "stage": stage,
         "experiment": os.environ.get("DVC_EXP_NAME") or None,
         "git": git_commit(cwd=str(root)),
@@ -318,6 +329,16 @@ def build_lineage(
     if extra:
         record.update(extra)
     return record
+
+
+def _is_upstream(stages: dict[str, StageInfo], stage: str | None, producer: str, path: str, output: str) -> bool:
+    """Whether ``path`` (written by stage ``producer``) feeds ``stage``: a stage upstream of it in dvc.yaml.
+    Without stage information, anything but the output itself counts."""
+    if path == output or producer == stage:
+        return False
+    if stage and stage in stages:
+        return producer in upstream_stages(stages, [stage])
+    return True
 
 
 def write_lineage(out_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
@@ -370,18 +391,7 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     return header.get("__metadata__") or {}
 
 
-def read_lineage(path: str | os.PathLike) -> dict[str, Any]:
-    """The lineage record of a directory (its lineage.json), a lineage JSON file, or a safetensors file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / LINEAGE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no lineage record (expected {LINEAGE_FILE} or a .safetensors file)")
-    if path.suffix == ".safetensors":
-        record = lineage_from_metadata(safetensors_metadata(path))
-        if record is None:
-            raise ValueError(f"{path}: the safetensors metadata holds no '{METADATA_KEY}' key")
-        return record
+def _json_record(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -389,6 +399,67 @@ def read_lineage(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(record, dict) or "data" not in record:
         raise ValueError(f"{path}: not a lineage record (no 'data' key)")
     return record
+
+
+def _weights_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return lineage_from_metadata(safetensors_metadata(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: the '{METADATA_KEY}' metadata is not valid JSON: {err}") from None
+
+
+def lineage_sources(directory: str | os.PathLike) -> dict[str, dict[str, Any] | None]:
+    """Both copies of an output directory's record: ``{"lineage.json": record, "model.safetensors": record}``,
+    None for a copy that is absent (no file, or weights whose metadata hold no lineage)."""
+    directory = Path(directory)
+    json_file, weights = directory / LINEAGE_FILE, directory / WEIGHTS_FILE
+    return {LINEAGE_FILE: _json_record(json_file) if json_file.is_file() else None,
+            WEIGHTS_FILE: _weights_record(weights) if weights.is_file() else None}
+
+
+def _leaves(prefix: str, node: Any, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        for k, v in node.items():
+            _leaves(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = node
+    return out
+
+
+def compare_records(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = (LINEAGE_FILE, WEIGHTS_FILE)
+                    ) -> list[str]:
+    """Where two lineage records differ, one line per dotted key (empty when they are the same)."""
+    la = _leaves("", json.loads(canonical_json(a)), {})
+    lb = _leaves("", json.loads(canonical_json(b)), {})
+    missing = object()
+    lines = []
+    for key in sorted(set(la) | set(lb)):
+        va, vb = la.get(key, missing), lb.get(key, missing)
+        if va != vb:
+            show = [("(absent)" if v is missing else json.dumps(v, default=str)) for v in (va, vb)]
+            lines.append(f"{key}: {names[0]} {show[0]}, {names[1]} {show[1]}")
+    return lines
+
+
+def read_lineage(path: str | os.PathLike) -> dict[str, Any]:
+    """The lineage record of an output directory (its lineage.json, else the copy in its model.safetensors
+    metadata), of a lineage JSON file, or of a safetensors file."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / LINEAGE_FILE).is_file():
+            return _json_record(path / LINEAGE_FILE)
+        if not (path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{path}: no lineage record (expected {LINEAGE_FILE} or {WEIGHTS_FILE} with "
+                                    f"'{METADATA_KEY}' metadata)")
+        path = path / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no lineage record (expected {LINEAGE_FILE} or a .safetensors file)")
+    if path.suffix == ".safetensors":
+        record = _weights_record(path)
+        if record is None:
+            raise ValueError(f"{path}: the safetensors metadata holds no '{METADATA_KEY}' key")
+        return record
+    return _json_record(path)
 
 
 def short(md5: str | None, n: int = 12) -> str:

@@ -1,16 +1,25 @@
 """The flows against a real Prefect server on 127.0.0.1, triggered through the API as the UI's Run button is.
 
-One ``vpdd serve --with-server`` process tree (server + serve process) per module, over a temporary copy of
-a tiny DVC repository: the real ``vpdd data inspect`` stage on two real episodes, a small corpus stage that
-reads a param, and a tokenizer stage that fails. The teardown stops everything and checks that no process
-is left and the port is closed.
+One ``vpdd serve --with-server`` process tree (server + serve process) per module, over a tiny copy of the
+real pipeline (tests/flows/tiny_pipeline.py: the project's dvc.yaml stages and ``vpdd`` commands on
+synthetic 16x16 episodes and videos, in its own git + DVC repository). The runs, in order:
+
+1. ``vpdd-data``: the data stages through ``dvc repro``; metrics tables, lineage, progress, streamed logs;
+2. ``vpdd-pipeline`` with an override: ``dvc exp run -n ft4 -S finetune.steps=4`` rebuilds tokenizer, token
+   cache, pre-trained model and policy; metrics tables, the per-task success table (from a hand-written
+   results/eval/metrics.json in the shape ``vpdd eval`` writes), the lineage markdown, and the policy's
+   lineage (Prefect flow-run id, experiment name) in lineage.json and in the weights' metadata;
+3. ``vpdd-tokenize`` with a bad override: FAILED, the message names the stage and carries its stderr;
+4. ``vpdd-bench-kernels`` on tiny shapes: the results table and the plot link.
+
+The teardown stops everything and checks that no process is left and the port is closed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +29,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -29,73 +37,27 @@ pytestmark = pytest.mark.flows
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 FLOW_NAMES = ["vpdd-data", "vpdd-tokenize", "vpdd-pretrain", "vpdd-finetune", "vpdd-evaluate",
               "vpdd-bench-kernels", "vpdd-pipeline"]
-
-CORPUS_STAGE = """\
-import json, pathlib, yaml
-stride = yaml.safe_load(open("params.yaml"))["data"]["ingest"]["clip_stride"]
-pathlib.Path("build/corpus").mkdir(parents=True, exist_ok=True)
-pathlib.Path("build/corpus/index.json").write_text(json.dumps({"stride": stride}))
-pathlib.Path("results/data").mkdir(parents=True, exist_ok=True)
-pathlib.Path("results/data/corpus.json").write_text(json.dumps({"videos_found": 2, "clips": 32 // stride}))
-print("corpus: stride", stride)
-"""
-FAILING_STAGE = """\
-import sys
-print("starting the tokenizer")
-print("RuntimeError: simulated tokenizer failure (out of memory)", file=sys.stderr)
-sys.exit(3)
-"""
-DVC_YAML = {
-    "stages": {
-        "inspect_robot_data": {
-            "cmd": "vpdd data inspect data/metaworld --out results/data/robot.json",
-            "deps": ["data/metaworld"],
-            "metrics": [{"results/data/robot.json": {"cache": False}}],
-        },
-        "ingest_videos": {
-            "cmd": "python corpus_stage.py",
-            "deps": ["corpus_stage.py"],
-            "params": ["data.ingest"],
-            "outs": ["build/corpus"],
-            "metrics": [{"results/data/corpus.json": {"cache": False}}],
-        },
-        "train_tokenizer": {"cmd": "python failing_stage.py", "deps": ["failing_stage.py"],
-                            "outs": ["models/tokenizer"]},
-        "tokenize": {"cmd": "cp -r models/tokenizer build/tokens", "deps": ["models/tokenizer"],
-                     "outs": ["build/tokens"]},
-    }
+# results/eval/metrics.json as `vpdd eval` writes it (written by hand here: evaluation needs a simulator)
+EVAL_METRICS = {
+    "mean_success": 0.25, "ci95": [0.09, 0.52], "episodes": 8,
+    "tasks": {"push-v3": {"success": 0.5, "ci95": [0.15, 0.85], "episodes": 4, "successes": 2},
+              "reach-v3": {"success": 0.0, "ci95": [0.0, 0.49], "episodes": 4, "successes": 0}},
+    "seed": 0,
 }
 
 
-def _sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+def _tiny():
+    name = "vpdd_test_tiny_pipeline"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("tiny_pipeline.py"))
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
-def _make_repo(root: Path, repo_root: Path, env: dict[str, str]) -> Path:
-    from vpdd.data.episodes import Episode, save_episode, write_index
-
-    repo = root / "repo"
-    shutil.copytree(repo_root / "flows", repo / "flows", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(repo_root / "params.yaml", repo / "params.yaml")
-    (repo / "corpus_stage.py").write_text(CORPUS_STAGE)
-    (repo / "failing_stage.py").write_text(FAILING_STAGE)
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
-    entries = []
-    for i, task in enumerate(["drawer-close-v3", "reach-v3"]):
-        rng = np.random.default_rng(i)
-        ep = Episode(frames=rng.integers(0, 255, (3, 8, 8, 3), dtype=np.uint8), actions=np.zeros((3, 4), np.float32),
-                     states=np.zeros((3, 39), np.float32), success=np.array([0, 0, 1], bool),
-                     meta={"task": task, "seed": i, "success": True})
-        rel = f"{task}/episode_0.npz"
-        save_episode(repo / "data/metaworld" / rel, ep)
-        entries.append({"path": rel, "task": task, "seed": i, "length": 3})
-    write_index(repo / "data/metaworld", entries)
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "add", "-q", "data"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
-        _sh(cmd, repo, env)
-    return repo
+def _rows(artifact: dict) -> list[dict]:
+    data = artifact["data"]
+    return json.loads(data) if isinstance(data, str) else data
 
 
 def _free_port() -> int:
@@ -165,11 +127,14 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, repo_root):
+def served(tmp_path_factory):
+    tp = _tiny()
     tmp = tmp_path_factory.mktemp("flows")
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
-    repo = _make_repo(tmp, repo_root, env)
+    env = tp.tool_env()
+    repo = tp.make_repo(tmp / "repo", env, flows=True)
+    (repo / "results" / "eval").mkdir(parents=True)
+    (repo / "results" / "eval" / "metrics.json").write_text(json.dumps(EVAL_METRICS, indent=1))
+    tp.commit(repo, env, "evaluation results")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env.update(PREFECT_HOME=str(tmp / "prefect"), PREFECT_API_URL=api, PREFECT_UI_API_URL=api,
@@ -177,7 +142,8 @@ def served(tmp_path_factory, repo_root):
                PREFECT_RUNNER_POLL_FREQUENCY="2")  # the serve process looks for new runs every 2 s (default 10)
     log = open(tmp / "serve.log", "w")  # noqa: SIM115 (closed in the teardown)
     t0 = time.monotonic()
-    proc = subprocess.Popen([f"{bin_dir}/vpdd", "serve", "--with-server", "--port", str(port), "--repo", str(repo)],
+    vpdd = str(Path(sys.executable).parent / "vpdd")
+    proc = subprocess.Popen([vpdd, "serve", "--with-server", "--port", str(port), "--repo", str(repo)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     client = Api(api)
     try:
@@ -223,17 +189,16 @@ def test_ui_triggered_run_executes_the_dvc_stages_and_publishes_artifacts(served
     client, deployments, repo, _ = served
     t0 = time.monotonic()
     run_id = client.trigger(deployments["vpdd-data/local"], {})
-    run = client.wait(run_id)
+    run = client.wait(run_id, timeout=120)
     print(f"vpdd-data: trigger to completion {time.monotonic() - t0:.1f} s; in the flow {run['total_run_time']:.1f} s")
     assert run["state"]["type"] == "COMPLETED", run["state"]
     robot = json.loads((repo / "results/data/robot.json").read_text())
-    assert robot["episodes"] == 2 and robot["tasks"] == 2
+    assert robot["episodes"] == 6 and robot["tasks"] == 2
 
     arts = client.artifacts(run_id)
     table = arts["metrics-inspect-robot-data"]
     assert table["type"] == "table"
-    rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
-    assert {"file": "results/data/robot.json", "metric": "episodes", "value": 2} in rows
+    assert {"file": "results/data/robot.json", "metric": "episodes", "value": 6} in _rows(table)
     assert arts["metrics-ingest-videos"]["type"] == "table"
     lineage = arts["lineage"]
     assert lineage["type"] == "markdown"
@@ -243,30 +208,80 @@ def test_ui_triggered_run_executes_the_dvc_stages_and_publishes_artifacts(served
     assert corpus_md5 in lineage["data"]
     assert arts["progress-vpdd-data"]["type"] == "progress" and float(arts["progress-vpdd-data"]["data"]) == 100.0
 
-    # dvc's output and the stage command's own output stream into the run; vpdd data fetch ran first
-    expect = ["Running stage 'inspect_robot_data'", "corpus: stride 8", "matches data.dvc"]
+    # dvc's output and the stage commands' own output stream into the run; vpdd data fetch ran first
+    expect = ["Running stage 'inspect_robot_data'", "Running stage 'ingest_videos'", "matches data.dvc"]
     logs = client.logs(run_id, expect)
     for line in expect:
         assert line in logs, logs
 
 
-def test_overrides_make_a_named_dvc_experiment_and_a_failing_stage_is_named(served):
+def test_pipeline_run_with_an_override_is_an_experiment_with_metrics_and_lineage(served):
+    from vpdd import lineage as lin
+
     client, deployments, repo, env = served
     t0 = time.monotonic()
-    exp_run = client.trigger(deployments["vpdd-data/local"],
-                             {"overrides": ["data.ingest.clip_stride=4"], "exp_name": "stride4", "fetch": False})
-    bad_run = client.trigger(deployments["vpdd-tokenize/local"], {"fetch": False})
-    exp = client.wait(exp_run)
-    bad = client.wait(bad_run)
-    print(f"experiment run + failing run: {time.monotonic() - t0:.1f} s")
-    assert exp["state"]["type"] == "COMPLETED", exp["state"]
-    refs = _sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo, env)
-    assert any(r.endswith("/stride4") for r in refs.split()), refs
-    assert json.loads((repo / "results/data/corpus.json").read_text())["clips"] == 8
-    arts = client.artifacts(exp_run)
-    assert "`stride4`" in arts["lineage"]["data"] and "dvc exp run -n stride4" in arts["lineage"]["data"]
+    run_id = client.trigger(deployments["vpdd-pipeline/local"],
+                            {"overrides": ["finetune.steps=4"], "exp_name": "ft4"})
+    run = client.wait(run_id, timeout=240)
+    print(f"vpdd-pipeline with an override: trigger to completion {time.monotonic() - t0:.1f} s")
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    refs = _tiny().run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo, env)
+    assert any(r.endswith("/ft4") for r in refs.split()), refs
+    assert yaml.safe_load((repo / "params.yaml").read_text())["finetune"]["steps"] == 4
 
-    assert bad["state"]["type"] == "FAILED", bad["state"]
-    message = bad["state"]["message"]
-    assert "'train_tokenizer'" in message and "simulated tokenizer failure" in message, message
-    assert client.artifacts(bad_run)["progress-vpdd-tokenize"]["description"] == "failed in stage train_tokenizer"
+    # the policy's lineage: this flow run, this experiment, the pinned data, the upstream hashes of dvc.lock
+    record = json.loads((repo / "models/policy/lineage.json").read_text())
+    assert record["prefect_flow_run_id"] == run_id and record["experiment"] == "ft4"
+    data_md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    outs = lin.lock_outputs(lin.read_dvc_lock(repo))
+    assert record["data"]["md5"] == data_md5
+    for name, path in lin.UPSTREAM_OUTPUTS.items():
+        assert record["artifacts"][name]["md5"] == outs[path]["md5"], name
+    weights = lin.lineage_from_metadata(lin.safetensors_metadata(repo / "models/policy/model.safetensors"))
+    assert weights == record
+
+    arts = client.artifacts(run_id)
+    for stage in ("train-tokenizer", "pretrain", "finetune"):
+        assert arts[f"metrics-{stage}"]["type"] == "table", sorted(arts)
+    assert {"file": "results/finetune/metrics.json", "metric": "steps", "value": 4} in _rows(arts["metrics-finetune"])
+    link = arts["file-results-finetune-samples-png"]  # Prefect stores a link artifact as markdown
+    assert f"({(repo / 'results/finetune/samples.png').resolve().as_uri()})" in link["data"]
+    success = _rows(arts["success-eval"])
+    assert success[0] == {"task": "push-v3", "success": 0.5, "ci95_low": 0.15, "ci95_high": 0.85, "successes": 2,
+                          "episodes": 4}
+    assert success[-1] == {"task": "mean", "success": 0.25, "ci95_low": 0.09, "ci95_high": 0.52, "successes": 2,
+                           "episodes": 8}
+    md = arts["lineage"]["data"]
+    assert "## Lineage of `models/policy`" in md and outs["models/policy"]["md5"] in md
+    assert "dvc exp run -n ft4 -S finetune.steps=4" in md and "experiment: `ft4`" in md
+    assert md.count(run_id) >= 2  # the run's own line and the policy record's
+    assert "MISMATCH" not in md
+    assert float(arts["progress-vpdd-pipeline"]["data"]) == 100.0
+
+
+def test_a_failing_stage_is_named_with_its_stderr(served):
+    client, deployments, repo, env = served
+    run_id = client.trigger(deployments["vpdd-tokenize/local"],
+                            {"overrides": ["tokenizer.n_codes=0"], "exp_name": "broken", "fetch": False})
+    run = client.wait(run_id, timeout=120)
+    assert run["state"]["type"] == "FAILED", run["state"]
+    message = run["state"]["message"]
+    assert "'train_tokenizer'" in message and "tokenizer.n_codes=0: expected a value > 0" in message, message
+    assert client.artifacts(run_id)["progress-vpdd-tokenize"]["description"] == "failed in stage train_tokenizer"
+
+
+def test_kernel_benchmark_flow_publishes_its_results_table(served):
+    client, deployments, repo, _ = served
+    args = ["--K", "64", "--N", "16", "--B", "1", "--repeats", "1", "--providers", "torch", "eager"]
+    run_id = client.trigger(deployments["vpdd-bench-kernels/local"],
+                            {"device": "cpu", "ops": ["posterior"], "args": args})
+    run = client.wait(run_id, timeout=120)
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    record = json.loads((repo / "benchmarks/results/kernels_cpu.json").read_text())
+    arts = client.artifacts(run_id)
+    rows = _rows(arts["bench-kernels-cpu"])
+    assert {(r["op"], r["provider"], r["K"]) for r in rows} == {("posterior", "torch", 64), ("posterior", "eager", 64)}
+    assert all(r["status"] == "ok" and r["ms_p50"] > 0 for r in rows)
+    assert record["machine"]["date"] in arts["bench-kernels-cpu"]["description"]
+    plot = (repo / "benchmarks/results/kernels_cpu.png").resolve().as_uri()
+    assert f"({plot})" in arts["file-benchmarks-results-kernels-cpu-png"]["data"]

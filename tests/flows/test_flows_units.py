@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,6 @@ def test_flow_modules_shadow_no_installed_or_standard_module():
     names = [p.stem for p in FLOWS.glob("*.py")]
     code = ("import importlib.util, sys, json; names = json.loads(sys.argv[1]); "
             "print(json.dumps([n for n in names if n in sys.stdlib_module_names or importlib.util.find_spec(n)]))")
-    import json
-
     out = subprocess.run([sys.executable, "-c", code, json.dumps(names)], capture_output=True, text=True,
                          cwd="/", check=True).stdout
     assert json.loads(out) == [], f"flows/ modules that shadow real modules: {out}"
@@ -64,19 +63,60 @@ def test_dvc_command_is_repro_without_overrides_and_a_named_experiment_with(dvc_
         dvc_tasks.dvc_command(["pretrain"], ["pretrain.steps"], None, False)
 
 
-def test_eval_rows_accept_nested_and_flat_per_task_results(dvc_tasks):
+def test_eval_rows_read_the_metrics_file_of_vpdd_eval(dvc_tasks, tmp_path):
+    """The shape `vpdd eval` writes to results/eval/metrics.json, read from a hand-written file."""
+    doc = {"mean_success": 0.6, "ci95": [0.35, 0.81], "episodes": 15, "seed": 3,
+           "tasks": {"drawer-close-v3": {"success": 0.8, "ci95": [0.38, 0.96], "episodes": 10, "successes": 8},
+                     "reach-v3": {"success": 0.2, "ci95": [0.04, 0.62], "episodes": 5, "successes": 1}}}
+    (tmp_path / "metrics.json").write_text(json.dumps(doc))
+    rows = dvc_tasks.eval_rows(json.loads((tmp_path / "metrics.json").read_text()))
+    assert rows == [
+        {"task": "drawer-close-v3", "success": 0.8, "ci95_low": 0.38, "ci95_high": 0.96, "successes": 8,
+         "episodes": 10},
+        {"task": "reach-v3", "success": 0.2, "ci95_low": 0.04, "ci95_high": 0.62, "successes": 1, "episodes": 5},
+        {"task": "mean", "success": 0.6, "ci95_low": 0.35, "ci95_high": 0.81, "successes": 9, "episodes": 15},
+    ]
+
+
+def test_eval_rows_accept_older_shapes_and_ignore_files_without_tasks(dvc_tasks):
     nested = dvc_tasks.eval_rows({"per_task": {"a": {"success_rate": 0.5, "episodes": 10},
                                                "b": {"success_rate": 1.0, "episodes": 10}}})
-    assert nested[-1] == {"task": "mean", "success_rate": 0.75, "episodes": 20}
+    assert nested[-1] == {"task": "mean", "success": 0.75, "ci95_low": None, "ci95_high": None, "successes": None,
+                          "episodes": 20}
     flat = dvc_tasks.eval_rows({"tasks": {"a": 0.2}, "mean_success_rate": 0.2})
-    assert flat == [{"task": "a", "success_rate": 0.2, "episodes": None},
-                    {"task": "mean", "success_rate": 0.2, "episodes": None}]
-    assert dvc_tasks.eval_rows({"loss": 1.0}) == []
+    assert [(r["task"], r["success"]) for r in flat] == [("a", 0.2), ("mean", 0.2)]
+    assert dvc_tasks.eval_rows({"loss": 1.0}) == [] and dvc_tasks.eval_rows({"tasks": [1, 2]}) == []
 
 
 def test_artifact_keys_are_valid(dvc_tasks):
     assert dvc_tasks.artifact_key("metrics", "train_tokenizer") == "metrics-train-tokenizer"
     assert dvc_tasks.artifact_key("file", "results/tokenizer/recon_grid.png") == "file-results-tokenizer-recon-grid-png"
+
+
+@pytest.fixture(scope="module")
+def bench_flow(dvc_tasks):
+    sys.path.insert(0, str(FLOWS))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_flow", FLOWS / "bench_flow.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(FLOWS))
+
+
+def test_bench_flow_builds_the_command_and_a_row_per_case(bench_flow, repo_root):
+    assert bench_flow.bench_argv("auto", False, None, None, None) == ["vpdd", "bench", "kernels", "--device", "auto"]
+    assert bench_flow.bench_argv("cpu", True, ["loss"], ["--repeats", "2"], "x.json") == [
+        "vpdd", "bench", "kernels", "--device", "cpu", "--quick", "--ops", "loss", "--out", "x.json", "--repeats", "2"]
+    with pytest.raises(ValueError, match="device='tpu'"):
+        bench_flow.bench_argv("tpu", False, None, None, None)
+    committed = repo_root / "benchmarks/results/kernels_cpu.json"
+    if committed.is_file():  # the results file the benchmark writes, as committed
+        record = json.loads(committed.read_text())
+        rows = bench_flow.bench_rows(record)
+        assert len(rows) == len(record["results"]) and set(rows[0]) == set(bench_flow.COLUMNS)
+        assert "kernels_cpu.json" in bench_flow.bench_description(record, "benchmarks/results/kernels_cpu.json")
 
 
 def test_vpdd_serve_needs_a_checkout_with_flows(tmp_path, tool_env):

@@ -1,10 +1,11 @@
 """``vpdd lineage``: the chain from raw data to an output, and the outputs made from a data version.
 
-``vpdd lineage DIR`` reads ``DIR/lineage.json`` (or the lineage in a ``.safetensors`` file's metadata) and
-prints raw data -> token cache -> tokenizer -> pre-trained model -> output with their hashes, then what
-dvc.lock says about DIR when it is a DVC output and whether the two agree. ``vpdd lineage --data VERSION``
-lists every output with a lineage record made from that raw-data version, across the workspace, git
-revisions and DVC experiments (see :func:`vpdd.lineage.find_outputs_for_data`).
+``vpdd lineage DIR`` reads ``DIR/lineage.json`` (else the copy in ``DIR/model.safetensors``'s metadata; or
+a ``.safetensors`` file given directly) and prints raw data -> token cache -> tokenizer -> pre-trained model
+-> output with their hashes, whether the two copies of the record agree (MISMATCH and the differing keys
+when not), then what dvc.lock says about DIR when it is a DVC output and whether that agrees.
+``vpdd lineage --data VERSION`` lists every output with a lineage record made from that raw-data version,
+across the workspace, git revisions and DVC experiments (see :func:`vpdd.lineage.find_outputs_for_data`).
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ def _for_path(args: argparse.Namespace) -> int:
     record = lin.read_lineage(path)
     repo = Path(args.repo) if args.repo else lin.find_repo_root(path if path.is_dir() else path.parent)
     out_dir = path if path.is_dir() else path.parent
+    copies, disagree = _copies(path, out_dir)
     rel = out_dir.resolve().relative_to(repo.resolve()).as_posix() if out_dir.resolve().is_relative_to(
         repo.resolve()) else None
     lock = lin.lock_stage_for(repo, rel) if rel else None
     problems = lin.check_against_lock(record, repo) if lock else []
     if args.json:
-        print(json.dumps({"lineage": record, "dvc_lock": lock, "mismatches": problems}, indent=2))
+        print(json.dumps({"lineage": record, "dvc_lock": lock, "mismatches": problems, "copies": copies,
+                          "copies_disagree": disagree}, indent=2))
         return 0
     print(f"{record.get('output')}  (stage {record.get('stage') or '-'}, experiment {record.get('experiment') or '-'})")
     for step, p, md5 in lin.chain_lines(record):
@@ -55,6 +58,13 @@ def _for_path(args: argparse.Namespace) -> int:
     print(f"kernel    {record.get('kernel_impl') or '-'}")
     print(f"prefect   flow run {record.get('prefect_flow_run_id') or '-'}")
     print("versions  " + ", ".join(f"{k} {v}" for k, v in (record.get("versions") or {}).items() if v))
+    present = [name for name, here in copies.items() if here]
+    same = " (the same)" if len(present) == 2 and not disagree else ""
+    print(f"record    in {' and '.join(present) or path.name}{same}")
+    if disagree:
+        print(f"MISMATCH between {lin.LINEAGE_FILE} and the {lin.WEIGHTS_FILE} metadata:")
+        for line in disagree:
+            print(f"  {line}")
     if lock:
         print(f"dvc.lock  stage {lock['stage']}: {rel} md5 {lock.get('md5')}")
         for dep, md5 in lock["deps"].items():
@@ -68,6 +78,19 @@ def _for_path(args: argparse.Namespace) -> int:
     elif rel is not None:
         print(f"dvc.lock  {rel} is not a DVC output in {repo}")
     return 0
+
+
+def _copies(path: Path, out_dir: Path) -> tuple[dict[str, bool], list[str]]:
+    """Which of the two copies of the record (lineage.json, the weights' metadata) exist next to ``path``, and
+    where they differ. A bare .safetensors file or lineage JSON outside a checkpoint directory has one copy."""
+    from vpdd import lineage as lin
+
+    if path.is_file() and path.name not in (lin.LINEAGE_FILE, lin.WEIGHTS_FILE):
+        return {path.name: True}, []
+    sources = lin.lineage_sources(out_dir)
+    copies = {name: record is not None for name, record in sources.items()}
+    a, b = sources[lin.LINEAGE_FILE], sources[lin.WEIGHTS_FILE]
+    return copies, (lin.compare_records(a, b) if a is not None and b is not None else [])
 
 
 def _for_data(args: argparse.Namespace) -> int:

@@ -18,8 +18,10 @@ alone, without params.yaml or the tokenizer directory::
                          tokenizer.*  the VQ-VAE inference weights (encode observations, decode predictions)
                          text.embeddings  (n_texts, lang_dim) frozen language features of config language.texts
     training_state.pt    raw weights, EMA, optimizer, scheduler history per rank, step (absent when stripped)
-    lineage.json         vpdd.lineage record (data version, upstream artefacts, params hash, git, versions); also
-                         in the safetensors metadata once save_checkpoint accepts ``weights_metadata``
+    lineage.json         vpdd.lineage record (data version, upstream artefacts, params hash, git, versions); the
+                         same record is in the model.safetensors metadata (``vpdd.lineage`` and its dotted
+                         leaves, :func:`vpdd.lineage.lineage_metadata`), so the weights file alone says
+                         where it came from
     meta.json            step, metrics, versions, file hashes, checkpoint_hash
 
 :func:`check_pretrained_compatible` is what fine-tuning calls before it loads a pre-trained model: a
@@ -30,7 +32,6 @@ mismatch, algorithm.md §9).
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -69,20 +70,22 @@ def save_vpdd_checkpoint(
     meta: dict[str, Any] | None = None,
     lineage: dict[str, Any] | None = None,
 ) -> Path:
+    """Write a ``vpdd-pretrain`` / ``vpdd-policy`` checkpoint; ``lineage`` (a :mod:`vpdd.lineage` record) goes
+    to ``lineage.json`` and into the weights file's metadata."""
     if config.get("kind") not in KINDS:
         raise ValueError(f"checkpoint kind {config.get('kind')!r}: expected one of {KINDS}")
     weights = {f"model.{k}": v for k, v in model_state.items()}
     weights.update({f"tokenizer.{k}": v for k, v in tokenizer_state.items()})
     weights["text.embeddings"] = text_vectors.float()
-    extra, kwargs = None, {}
+    extra = metadata = None
     if lineage is not None:
-        extra = {LINEAGE_FILE: (json.dumps(lineage, indent=2, sort_keys=True, default=str) + "\n").encode()}
-        if "weights_metadata" in inspect.signature(save_checkpoint).parameters:
-            from vpdd.lineage import lineage_metadata
+        from vpdd.lineage import lineage_metadata
 
-            kwargs["weights_metadata"] = lineage_metadata(lineage)  # the record inside model.safetensors too
+        lineage = json.loads(json.dumps(lineage, default=str))  # the record as both copies read back
+        extra = {LINEAGE_FILE: (json.dumps(lineage, indent=2, sort_keys=True) + "\n").encode()}
+        metadata = lineage_metadata(lineage)  # the same record inside model.safetensors
     return save_checkpoint(path, config={"format": FORMAT, **config}, weights=weights,
-                           training_state=training_state, meta=meta, extra_files=extra, **kwargs)
+                           training_state=training_state, meta=meta, extra_files=extra, weights_metadata=metadata)
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Layout of one checkpoint directory::
 
     config.json           what the model is: {"kind": ..., "format": ..., "config": {...}, ...}
-    model.safetensors     the weights needed for inference (float tensors, safetensors format)
+    model.safetensors     the weights needed for inference (float tensors, safetensors format); its
+                          ``__metadata__`` holds ``format: pt`` and what the caller adds (e.g. the lineage
+                          record, :func:`vpdd.lineage.lineage_metadata`), keys sorted so the bytes are stable
     training_state.pt     optional: optimizer, step, RNG states, training-only buffers (torch.save)
     meta.json             written last: step, sha256 of every file above, anything the caller adds
 
@@ -15,7 +17,10 @@ inside the two-rename swap, :func:`recover_checkpoint` (called by :func:`load_ch
 
 The identity of a model is :func:`checkpoint_hash`: the sha256 of ``config.json`` and
 ``model.safetensors`` (the training state is excluded, so a resumable copy and a stripped copy of the same
-weights hash the same). Token caches, policies and lineage records cite this hash.
+weights hash the same; the weights file's metadata is included). Token caches, policies and lineage records
+cite this hash. safetensors writes its metadata map in a random order (a Rust ``HashMap``), so
+:func:`write_safetensors` rewrites the header with sorted keys: the same tensors and metadata give the same
+bytes, and the same hash, in every process.
 """
 
 from __future__ import annotations
@@ -76,20 +81,21 @@ def save_checkpoint(
     training_state: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
     extra_files: dict[str, bytes] | None = None,
+    weights_metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (replacing any previous one at ``path``).
 
     ``config`` must be JSON-serialisable; ``weights`` are saved with safetensors (contiguous CPU copies);
     ``training_state`` (anything ``torch.save`` handles with ``weights_only`` loading: tensors, numbers,
-    strings, lists, dicts) goes to a separate file; ``meta`` (JSON) is merged into ``meta.json``.
+    strings, lists, dicts) goes to a separate file; ``meta`` (JSON) is merged into ``meta.json``;
+    ``weights_metadata`` (``str -> str``) goes into the safetensors ``__metadata__`` next to ``format: pt``.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    metadata = {"format": "pt", **_check_metadata(weights_metadata or {}, path)}
     with atomic_directory(path) as tmp:
         atomic_write_json(tmp / CONFIG_NAME, config)
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        write_safetensors(tmp / WEIGHTS_NAME, tensors, metadata)
         files = [CONFIG_NAME, WEIGHTS_NAME]
         if training_state is not None:
             buf = io.BytesIO()
@@ -105,6 +111,31 @@ def save_checkpoint(
         atomic_write_json(tmp / META_NAME, record)  # last: its presence marks the directory complete
         _default_permissions(tmp)
     return path
+
+
+def _check_metadata(metadata: dict[str, str], path: Path) -> dict[str, str]:
+    bad = {k: type(v).__name__ for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)}
+    if bad:
+        raise TypeError(f"{path}: safetensors metadata must map str to str; not so for {bad}")
+    return metadata
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` with reproducible bytes: the header is rewritten with the metadata keys
+    sorted (the tensor entries keep safetensors' order and offsets) and padded to 8 bytes as safetensors does."""
+    from safetensors.torch import save
+
+    blob = save(tensors, metadata=metadata)
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    ordered = {"__metadata__": header.pop("__metadata__"), **header}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(memoryview(blob)[8 + n :])
 
 
 def _default_permissions(folder: Path) -> None:
