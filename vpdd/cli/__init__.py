@@ -15,7 +15,9 @@ import sys
 
 from vpdd.config import ConfigError
 
-COMMAND_MODULES = ("info", "config", "data", "tokenizer", "bench", "lineage", "serve", "train", "policy")
+COMMAND_MODULES = (
+    "info", "config", "data", "tokenizer", "bench", "lineage", "serve", "train", "policy", "eval", "rlbench",
+)
 
 
 class UserError(Exception):

@@ -28,6 +28,13 @@ def _render_check() -> dict[str, object]:
         return {"ok": False, "backend": backend, "error": f"{type(err).__name__}: {err}"[:300]}
 
 
+def _rlbench_status() -> str:
+    from vpdd.envs.rlbench import rlbench_status
+
+    status = rlbench_status()
+    return "yes" if status["available"] else "no (" + "; ".join(status["problems"]) + "; see docs/rlbench.md)"
+
+
 def collect_info(render_check: bool = True) -> dict[str, object]:
     import torch
     from vpdd_kernels.dispatch import ENV_VAR, requested_impl, resolve_impl, triton_status
@@ -54,6 +61,7 @@ def collect_info(render_check: bool = True) -> dict[str, object]:
             "metaworld": importlib.util.find_spec("metaworld") is not None,
             "rlbench": importlib.util.find_spec("rlbench") is not None,
             "coppeliasim_root": os.environ.get("COPPELIASIM_ROOT"),
+            "rlbench_runnable": _rlbench_status(),
         },
     }
     if render_check:

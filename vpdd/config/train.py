@@ -33,9 +33,14 @@ class StageConfig(Validated):
     eval_samples: int = 8  # sequences sampled at the end of the stage (video / action accuracy, image grid)
     eval_stride: int = 10  # reverse-diffusion stride of that evaluation
     seed: int = 0
+    # The weight of the x0 cross-entropy term for this stage (None: diffusion.aux_loss_weight). The released
+    # code's 5e-4 gives the action network almost no direct signal; short CPU runs need a larger one.
+    aux_loss_weight: float | None = None
 
     def checks(self) -> list[Check]:
         return [
+            Check("aux_loss_weight", self.aux_loss_weight is None or self.aux_loss_weight >= 0,
+                  "null (use diffusion.aux_loss_weight) or a value >= 0"),
             *positive(self, "steps", "batch_size", "grad_accum", "lr", "ema_every", "log_every",
                       "checkpoint_every", "future_offset", "eval_stride"),
             in_range(self, "ema_decay", 0.0, 1.0),

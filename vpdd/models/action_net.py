@@ -26,6 +26,35 @@ from torch import nn
 from vpdd.models.layers import condition, prompt_mlp, time_mlp
 
 
+def gpt2_backbone(seq_len: int, d: int, n_layer: int, n_head: int, n_inner: int, dropout: float) -> nn.Module:
+    """transformers' ``GPT2Model`` fed with ``inputs_embeds``: Mish MLPs, its ``wpe`` zeroed and frozen, ``wte``
+    unused (vocabulary of one) and frozen."""
+    from transformers import GPT2Config, GPT2Model
+
+    config = GPT2Config(
+        vocab_size=1,
+        n_positions=seq_len,
+        n_embd=d,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_inner=n_inner,
+        activation_function="mish",
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        use_cache=False,
+    )
+    gpt = GPT2Model(config)
+    with torch.no_grad():
+        gpt.wpe.weight.zero_()
+    gpt.wpe.weight.requires_grad_(False)
+    gpt.wte.weight.requires_grad_(False)
+    return gpt
+
+
 class ActionNet(nn.Module):
     def __init__(
         self,
@@ -40,11 +69,16 @@ class ActionNet(nn.Module):
         n_embd: int = 256,
         n_inner: int = 1024,
         dropout: float = 0.1,
+        history_input: bool = False,
+        code_dim: int | None = None,
     ):
         super().__init__()
-        from transformers import GPT2Config, GPT2Model
-
         self.n_bins, self.chunk, self.action_dim = n_bins, chunk, action_dim
+        # history_input: the current observation's codebook embeddings join the foresight features
+        self.needs_history = bool(history_input)
+        if self.needs_history and not code_dim:
+            raise ValueError("ActionNet(history_input=True) needs code_dim (the codebook width)")
+        self.embed_history = nn.Linear(code_dim, n_embd) if self.needs_history else None
         self.n_action_tokens = chunk * action_dim
         self.n_video_tokens = n_video_tokens
         seq_len = 2 + n_video_tokens + self.n_action_tokens
@@ -57,36 +91,18 @@ class ActionNet(nn.Module):
         self.time_embed = time_mlp(d)
         self.pos_emb = nn.Parameter(torch.zeros(1, seq_len, d))
         self.in_norm = nn.LayerNorm(d)
-        config = GPT2Config(
-            vocab_size=1,
-            n_positions=seq_len,
-            n_embd=d,
-            n_layer=n_layer,
-            n_head=n_head,
-            n_inner=n_inner,
-            activation_function="mish",
-            resid_pdrop=dropout,
-            embd_pdrop=dropout,
-            attn_pdrop=dropout,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
-            use_cache=False,
-        )
-        self.gpt = GPT2Model(config)
-        with torch.no_grad():
-            self.gpt.wpe.weight.zero_()
-        self.gpt.wpe.weight.requires_grad_(False)
-        self.gpt.wte.weight.requires_grad_(False)
+        self.gpt = gpt2_backbone(seq_len, d, n_layer, n_head, n_inner, dropout)
         self.heads = nn.ModuleList(
             nn.Sequential(nn.Linear(d, d), nn.Mish(), nn.Linear(d, n_bins)) for _ in range(action_dim)
         )
 
     def forward(
-        self, x_action: torch.Tensor, t: torch.Tensor, lang: torch.Tensor, h: torch.Tensor
+        self, x_action: torch.Tensor, t: torch.Tensor, lang: torch.Tensor, h: torch.Tensor,
+        history: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x_action (B, N_a) local action tokens (bins [0, K_a), [MASK] = K_a), t (B,), lang (B, L),
-        h (B, N_v, d_v) -> action logits (B, N_a, K_a)."""
+        h (B, N_v, d_v), history (B, N_v, D_code) codebook embeddings (with ``history_input``) -> action
+        logits (B, N_a, K_a)."""
         b = x_action.shape[0]
         if x_action.shape[1] != self.n_action_tokens or h.shape[1] != self.n_video_tokens:
             raise ValueError(
@@ -95,6 +111,11 @@ class ActionNet(nn.Module):
             )
         acts = self.embed_action((x_action.float() / self.n_bins).unsqueeze(-1))
         fore = self.embed_foresight(h.detach())
+        if self.embed_history is not None:
+            if history is None or history.shape[:2] != h.shape[:2]:
+                raise ValueError(f"ActionNet(history_input=True): expected history embeddings (B, {h.shape[1]}, "
+                                 f"D), got {None if history is None else tuple(history.shape)}")
+            fore = fore + self.embed_history(history.to(fore.dtype))
         prompt = self.prompt_embed(lang)
         temb = self.time_embed(t)
         seq = torch.cat([temb[:, None], prompt[:, None], fore.to(acts.dtype), acts], dim=1)

@@ -4,7 +4,9 @@ The denoiser maps a noisy token sequence ``x_t`` (B, N_v + N_a) in the unified v
 :class:`vpdd.diffusion.TokenLayout`, the timestep, the history tokens and a language feature to
 ``(video_logits (B, N_v, K_v), action_logits (B, N_a, K_a) or None)``: exactly what
 :class:`vpdd.diffusion.MaskReplaceScheduler` consumes. ``None`` action logits mean "no action network"
-(pre-training, algorithm.md §3.5: the scheduler treats them as all-zero logits).
+(pre-training, algorithm.md §3.5: the scheduler treats them as all-zero logits). ``ModelSpec.action_net``
+picks the action network: ``ActionNet`` (Meta-World, §4.2) or ``MultiViewActionNet`` (RLBench keyframes,
+§4.3), which also receives the codebook embeddings of the history tokens.
 
 What trains is decided by :meth:`VPDDModel.freeze` (the stage config's ``train`` list): a frozen part has
 ``requires_grad=False``, stays in eval mode (no dropout) and runs under ``torch.no_grad``, as the released
@@ -27,9 +29,11 @@ from torch import nn
 
 from vpdd.diffusion import ACTION, MaskReplaceScheduler, TokenLayout
 from vpdd.models.action_net import ActionNet
-from vpdd.models.video_net import VideoNet
+from vpdd.models.video_net import VideoNet, codebook_embed
 
 PARTS = ("video", "action")
+# action networks: "gpt2" = ActionNet (Meta-World, §4.2); "multiview" = MultiViewActionNet (RLBench, §4.3)
+ACTION_NETS = ("gpt2", "multiview")
 
 
 @dataclass
@@ -43,8 +47,11 @@ class ModelSpec:
     action_dim: int
     video: dict[str, Any] = field(default_factory=dict)  # VideoNet keyword arguments (model.video)
     action: dict[str, Any] | None = None  # ActionNet keyword arguments (model.action); None: no action net
+    action_net: str = "gpt2"  # which action network class (ACTION_NETS)
 
     def __post_init__(self) -> None:
+        if self.action_net not in ACTION_NETS:
+            raise ValueError(f"action_net={self.action_net!r}: expected one of {list(ACTION_NETS)}")
         if self.chunk * self.action_dim != self.layout.n_action_tokens:
             raise ValueError(
                 f"chunk x action dim = {self.chunk} x {self.action_dim} does not equal the layout's "
@@ -63,7 +70,10 @@ class ModelSpec:
         return cls(**data)
 
     @classmethod
-    def from_config(cls, model_cfg, layout: TokenLayout, code_dim: int, lang_dim: int, with_action: bool) -> ModelSpec:
+    def from_config(cls, model_cfg, layout: TokenLayout, code_dim: int, lang_dim: int, with_action: bool,
+                    action_net: str = "gpt2", action_options: dict[str, Any] | None = None) -> ModelSpec:
+        """``action_options`` are extra keyword arguments of the action network (the multi-view one's
+        ``views`` and ``foresight``)."""
         return cls(
             layout=layout,
             code_dim=int(code_dim),
@@ -71,8 +81,20 @@ class ModelSpec:
             chunk=model_cfg.actions.chunk,
             action_dim=model_cfg.actions.dim,
             video=dataclasses.asdict(model_cfg.video),
-            action=dataclasses.asdict(model_cfg.action) if with_action else None,
+            action={**dataclasses.asdict(model_cfg.action), **(action_options or {})} if with_action else None,
+            action_net=action_net,
         )
+
+
+def build_action_net(spec: ModelSpec, video_dim: int) -> nn.Module:
+    """The action network ``spec.action_net`` for ``spec``."""
+    lay = spec.layout
+    args = (lay.n_action_bins, spec.chunk, spec.action_dim, lay.n_video_tokens, video_dim, spec.lang_dim)
+    if spec.action_net == "multiview":
+        from vpdd.models.multiview_action_net import MultiViewActionNet
+
+        return MultiViewActionNet(*args, code_dim=spec.code_dim, **spec.action)
+    return ActionNet(*args, code_dim=spec.code_dim, **spec.action)
 
 
 class VPDDModel(nn.Module):
@@ -81,17 +103,9 @@ class VPDDModel(nn.Module):
         self.spec = spec
         lay = spec.layout
         self.video = VideoNet(lay.n_video_codes, spec.code_dim, lay.n_video_tokens, spec.lang_dim, **spec.video)
-        self.action: ActionNet | None = None
+        self.action: nn.Module | None = None
         if spec.action is not None:
-            self.action = ActionNet(
-                lay.n_action_bins,
-                spec.chunk,
-                spec.action_dim,
-                lay.n_video_tokens,
-                self.video.dim,
-                spec.lang_dim,
-                **spec.action,
-            )
+            self.action = build_action_net(spec, self.video.dim)
         self.frozen: set[str] = set()
 
     @property
@@ -103,9 +117,7 @@ class VPDDModel(nn.Module):
         if self.spec.action is None:
             raise ValueError("the model spec has no action network config")
         if self.action is None:
-            lay = self.layout
-            self.action = ActionNet(lay.n_action_bins, self.spec.chunk, self.spec.action_dim, lay.n_video_tokens,
-                                    self.video.dim, self.spec.lang_dim, **self.spec.action)
+            self.action = build_action_net(self.spec, self.video.dim)
 
     def freeze(self, parts: set[str] | list[str] | tuple[str, ...]) -> None:
         """Freeze the named parts ("video", "action"); the others train."""
@@ -145,11 +157,14 @@ class VPDDModel(nn.Module):
             video_logits, h = self.video(x_video, t, history, lang)
         if self.action is None:
             return video_logits, None
+        extra = {}
+        if getattr(self.action, "needs_history", False):  # the multi-view net can read the current views
+            extra["history"] = codebook_embed(history, self.video.codebook)
         if "action" in self.frozen:
             with torch.no_grad():
-                action_logits = self.action(lay.to_local(x_action, ACTION), t, lang, h)
+                action_logits = self.action(lay.to_local(x_action, ACTION), t, lang, h, **extra)
         else:
-            action_logits = self.action(lay.to_local(x_action, ACTION), t, lang, h)
+            action_logits = self.action(lay.to_local(x_action, ACTION), t, lang, h, **extra)
         return video_logits, action_logits
 
 

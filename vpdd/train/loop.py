@@ -27,6 +27,10 @@ Safety and exactness:
   nothing is saved after the last good checkpoint. SIGTERM/SIGINT save and raise
   :class:`TrainingInterrupted`. Checkpoints are written atomically.
 
+Benchmarks other than Meta-World plug in through :class:`StageHooks` (their own sequence source, action
+network and lineage params; the RLBench path in :mod:`vpdd.train.multiview`); multi-view data multiplies
+the video tokens per sequence by its ``views``.
+
 Rank 0 logs to DVCLive (``live_dir/metrics.json``, ``live_dir/plots/metrics``) and, at the end, samples
 ``eval_samples`` sequences with the EMA weights: video-token accuracy against the true future (and, as a
 reference, the accuracy of copying the history), action-bin accuracy and decoded L1 (fine-tuning), and an
@@ -78,6 +82,27 @@ PARAM_KEYS = {
     "finetune": ["model", "diffusion", "finetune", "data.robot.tasks"],
 }
 _CODE = ("models", "diffusion", "train/loop.py", "train/datasets.py", "train/ema.py", "policy/checkpoint.py")
+
+
+@dataclass
+class StageHooks:
+    """Benchmark-specific parts of a stage; the defaults are the Meta-World path.
+
+    ``make_data(stage, cache, cfg, robot)`` returns the stage's sequence source with the interface of
+    :class:`PretrainData` / :class:`FinetuneData` (``texts``, ``bind``, ``batch``, ``eval_batch``, ``pairs``;
+    fine-tuning data also ``discretizer``, ``action_bins``, ``describe``; multi-view data ``views``, the
+    number of token grids per sequence). ``action_net`` / ``action_options`` go to
+    :meth:`ModelSpec.from_config`; ``param_keys`` are the params.yaml keys of the lineage record."""
+
+    make_data: Callable[..., Any] | None = None
+    action_net: str = "gpt2"
+    action_options: dict[str, Any] | None = None
+    param_keys: list[str] | None = None
+
+
+def has_actions(data: Any) -> bool:
+    """True for fine-tuning data (it carries an action discretizer)."""
+    return getattr(data, "discretizer", None) is not None
 
 
 @dataclass
@@ -138,10 +163,12 @@ def train_stage(
     params_file: str | None = "params.yaml",
     step_hook: Callable[[int, VPDDModel], None] | None = None,
     progress: bool | None = None,
+    hooks: StageHooks | None = None,
 ) -> StageResult:
     """Train ``stage`` ("pretrain" | "finetune") with the root config ``cfg``; ``out`` ends complete.
 
-    ``step_hook(step, model)`` runs after each optimizer step (tests inject stops and faults with it)."""
+    ``step_hook(step, model)`` runs after each optimizer step (tests inject stops and faults with it);
+    ``hooks`` replaces the Meta-World data and action network (another benchmark)."""
     from vpdd.tokenizer import TokenCache, load_tokenizer
 
     if stage not in STAGES:
@@ -151,6 +178,7 @@ def train_stage(
     out, tokens, tokenizer = Path(out), Path(tokens), Path(tokenizer)
     live_path = Path(live_dir) if live_dir is not None else None
     scfg = getattr(cfg, stage)
+    hooks = hooks or StageHooks()
     info = dist_utils.init_distributed(device)
     dev = info.device
     t_start = time.time()
@@ -163,32 +191,38 @@ def train_stage(
     codebook = vq.codebook.embeddings.detach().clone().float()
     grid = cache.grid_shape
     act = cfg.model.actions
-    layout = TokenLayout(cache.n_codes, act.n_bins, int(np.prod(grid)), act.chunk * act.dim)
-    if codebook.shape[0] != layout.n_video_codes:
+    if cache.n_codes != codebook.shape[0]:
         raise CheckpointError(f"{tokenizer}: {codebook.shape[0]} codes, but {tokens} says {cache.n_codes}")
     identity = encoder_identity(cfg.model.language)
     manifest_sha = _sha256_file(tokens / "manifest.json")
 
     # -- data and the pre-trained model ----------------------------------------------------------------
     pre = None
-    if stage == "finetune":
+    data: Any
+    if hooks.make_data is not None:
+        data = hooks.make_data(stage, cache, cfg, robot)
+    elif stage == "finetune":
         if robot is None:
             raise ValueError("fine-tuning needs the robot episodes (their actions): pass --robot")
-        data: PretrainData | FinetuneData = FinetuneData(
+        data = FinetuneData(
             cache, robot, list(cfg.data.robot.tasks), scfg.demos_per_task, scfg.future_offset, act.n_bins, act.chunk
         )
-        if scfg.init_from_pretrained:
-            if pretrained is None:
-                raise ValueError("finetune.init_from_pretrained is true: pass --pretrained (a pre-trained model)")
-            pre_cfg = read_vpdd_config(pretrained, (KIND_PRETRAIN, KIND_POLICY))
-            check_pretrained_compatible(
-                pretrained, pre_cfg, layout=layout, tokenizer_hash=tok_hash, language=identity,
-                video=dataclasses.asdict(cfg.model.video), code_dim=codebook.shape[1],
-            )
-            pre = load_vpdd_checkpoint(pretrained)
     else:
-        data = PretrainData(cache, scfg, layout.n_action_tokens)
+        data = PretrainData(cache, scfg, act.chunk * act.dim)
+    views = int(getattr(data, "views", 1))
+    layout = TokenLayout(cache.n_codes, act.n_bins, int(np.prod(grid)) * views, act.chunk * act.dim)
+    if stage == "finetune" and scfg.init_from_pretrained:
+        if pretrained is None:
+            raise ValueError("finetune.init_from_pretrained is true: pass --pretrained (a pre-trained model)")
+        pre_cfg = read_vpdd_config(pretrained, (KIND_PRETRAIN, KIND_POLICY))
+        check_pretrained_compatible(
+            pretrained, pre_cfg, layout=layout, tokenizer_hash=tok_hash, language=identity,
+            video=dataclasses.asdict(cfg.model.video), code_dim=codebook.shape[1],
+        )
+        pre = load_vpdd_checkpoint(pretrained)
 
+    extra_fp = {} if hooks.action_net == "gpt2" and not hooks.action_options else {
+        "action_net": hooks.action_net, "action_options": hooks.action_options}
     fingerprint = _jsonable({
         "stage": stage,
         "train": {k: v for k, v in dataclasses.asdict(scfg).items() if k not in CADENCE_KEYS},
@@ -197,7 +231,8 @@ def train_stage(
         "tokenizer_hash": tok_hash,
         "token_cache_manifest_sha256": manifest_sha,
         "pretrained_hash": pre.checkpoint.meta.get("checkpoint_hash") if pre is not None else None,
-        "demonstrations": data.describe() if isinstance(data, FinetuneData) else None,
+        "demonstrations": data.describe() if has_actions(data) else None,
+        **extra_fp,
         "text_encoder": identity,
         "world_size": info.world_size,
         "code_sha256": code_digest(),
@@ -241,7 +276,8 @@ def train_stage(
     text_vectors = table.vectors.to(dev)
 
     # -- model, optimizer, EMA, scheduler ----------------------------------------------------------------
-    spec = ModelSpec.from_config(cfg.model, layout, codebook.shape[1], identity["dim"], stage == "finetune")
+    spec = ModelSpec.from_config(cfg.model, layout, codebook.shape[1], identity["dim"], stage == "finetune",
+                                 action_net=hooks.action_net, action_options=hooks.action_options)
     torch.manual_seed(scfg.seed)
     model = VPDDModel(spec)
     model.video.set_codebook(codebook)
@@ -250,6 +286,8 @@ def train_stage(
     model.freeze([p for p in PARTS if p not in scfg.train])
     model.to(dev)
     scheduler = MaskReplaceScheduler.from_config(cfg.diffusion, layout, device=dev)
+    if scfg.aux_loss_weight is not None:  # the stage's own weight of the x0 term (training only)
+        scheduler.aux_loss_weight = float(scfg.aux_loss_weight)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=scfg.lr, betas=(0.9, 0.999))
     ema = EMA(model, scfg.ema_decay, scfg.ema_every, scfg.ema_start)
     start_step, resumed_from, elapsed_before = 0, None, 0.0
@@ -274,7 +312,8 @@ def train_stage(
     if info.is_main:
         log.info("%s: %s parameters, training %s; %s", stage, n_params, list(scfg.train), layout)
 
-    lineage = _lineage(out, stage, params_file, tok_hash, manifest_sha, cache, pre) if info.is_main else None
+    lineage = (_lineage(out, stage, params_file, tok_hash, manifest_sha, cache, pre, hooks.param_keys)
+               if info.is_main else None)
     base_config = {
         "kind": KIND_POLICY if stage == "finetune" else KIND_PRETRAIN,
         "stage": stage,
@@ -283,12 +322,12 @@ def train_stage(
         "scheduler": scheduler.to_dict(),
         "tokenizer": {"checkpoint_hash": tok_hash, "path": str(tokenizer), "config": _tok_config(tok_cfg)},
         "language": {**identity, "config": dataclasses.asdict(cfg.model.language), "texts": table.texts},
-        "actions": data.discretizer.to_dict() if isinstance(data, FinetuneData) else None,
+        "actions": data.discretizer.to_dict() if has_actions(data) else None,
         "train": dataclasses.asdict(scfg),
         "data": {
             "token_cache": {"path": str(tokens), "manifest_sha256": manifest_sha, "grid_shape": list(grid),
                             "data_version": cache.data_version, "sources": cache.sources},
-            "demonstrations": data.describe() if isinstance(data, FinetuneData) else None,
+            "demonstrations": data.describe() if has_actions(data) else None,
         },
         "pretrained": None if pre is None else {"path": str(pretrained),
                                                 "checkpoint_hash": pre.checkpoint.meta.get("checkpoint_hash")},
@@ -419,7 +458,7 @@ def _tok_config(tok_cfg) -> dict[str, Any]:
 
 
 def _lineage(out: Path, stage: str, params_file: str | None, tok_hash: str, manifest_sha: str, cache,
-             pre) -> dict[str, Any] | None:
+             pre, param_keys: list[str] | None = None) -> dict[str, Any] | None:
     """The vpdd.lineage record of ``out`` (None when the lineage module cannot build one here)."""
     try:
         from vpdd.lineage import build_lineage
@@ -428,7 +467,7 @@ def _lineage(out: Path, stage: str, params_file: str | None, tok_hash: str, mani
                  "token_cache_data_version": cache.data_version,
                  "pretrained_hash": pre.checkpoint.meta.get("checkpoint_hash") if pre is not None else None}
         return build_lineage(out, stage=stage, params_file=params_file or "params.yaml",
-                             params_keys=PARAM_KEYS[stage], extra=extra)
+                             params_keys=param_keys or PARAM_KEYS[stage], extra=extra)
     except Exception as err:  # lineage is a record, not a reason to lose a training run
         log.warning("lineage record not built (%s)", err)
         return None
@@ -448,8 +487,6 @@ def _provenance(lineage: dict[str, Any] | None, tok_hash: str, manifest_sha: str
 @torch.no_grad()
 def _evaluate(model, ema, spec, scheduler, data, text_vectors, vq, layout, scfg, dev, live_path) -> dict[str, float]:
     """Sample ``eval_samples`` training sequences with the EMA weights (one reverse chain, stride ``eval_stride``)."""
-    from vpdd.train.datasets import FinetuneData
-
     infer = VPDDModel(spec)
     infer.load_state_dict(ema.averaged_state_dict(model))
     infer.to(dev).eval()
@@ -462,7 +499,7 @@ def _evaluate(model, ema, spec, scheduler, data, text_vectors, vq, layout, scfg,
         "eval/video_token_acc": float((video == batch.target).float().mean()),
         "eval/copy_history_token_acc": float((batch.history == batch.target).float().mean()),
     }
-    if isinstance(data, FinetuneData):
+    if has_actions(data):
         bins = layout.tokens_to_actions(action).cpu().numpy()
         true = batch.actions.cpu().numpy()
         disc = data.discretizer
@@ -488,12 +525,13 @@ def _write_grid(path: Path, vq, history, target, predicted, data, dev) -> None:
     grid = data.pairs.source.tokens.shape[1:] if hasattr(data, "pairs") else None
     if grid is None:
         grid = next(iter(data.sources.values())).source.tokens.shape[1:]
+    views = int(getattr(data, "views", 1))  # multi-view sequences: the views side by side
     n = min(4, len(history))
     vq = vq.to(dev)
     rows = []
     for codes in (history[:n], target[:n], predicted[:n]):
-        frames = to_uint8(vq.decode(codes.reshape(n, *grid))).cpu().numpy()  # (n, T, H, W, 3)
-        rows.append(frames)
+        frames = to_uint8(vq.decode(codes.reshape(n * views, *grid))).cpu().numpy()  # (n * V, T, H, W, 3)
+        rows.append(frames.reshape(n, views * frames.shape[1], *frames.shape[2:]))
     tiles = [np.concatenate([np.concatenate(list(r[i]), axis=1) for r in rows], axis=1) for i in range(n)]
     image = np.concatenate(tiles, axis=0)
     import io

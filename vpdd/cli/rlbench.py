@@ -1,0 +1,294 @@
+"""``vpdd rlbench``: the RLBench path on PerAct-format data (docs/rlbench.md).
+
+    vpdd rlbench generate --params params.yaml --out build/rlbench/data            # synthetic PerAct data
+    vpdd rlbench inspect build/rlbench/data --params params.yaml --out results/rlbench/data.json
+    vpdd rlbench export build/rlbench/data --params params.yaml --out build/rlbench/views   # for tokenizer train
+    vpdd rlbench tokenize --params params.yaml --tokenizer models/tokenizer --data build/rlbench/data \\
+        --out build/rlbench/tokens
+    vpdd rlbench pretrain --params params.yaml --tokens build/rlbench/tokens --tokenizer models/tokenizer \\
+        --out models/rlbench/pretrain --live results/rlbench/pretrain [--fresh | --restart-if-changed]
+    vpdd rlbench finetune --params params.yaml --tokens build/rlbench/tokens --tokenizer models/tokenizer \\
+        --data build/rlbench/data --pretrained models/rlbench/pretrain --out models/rlbench/policy \\
+        --live results/rlbench/finetune
+    vpdd rlbench predict --policy models/rlbench/policy --episode build/rlbench/data/<task>/all_variations/\\
+        episodes/episode0 [--step S] [--out results/rlbench/predict.json]
+    vpdd rlbench evaluate --policy models/rlbench/policy --params params.yaml --out results/rlbench/eval.json
+
+``evaluate`` needs RLBench + CoppeliaSim and fails at once with the install steps when they are missing.
+Exit codes: 0 done, 2 bad input / RLBench unavailable, 3 diverged, 130 interrupted (checkpoint saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from vpdd.cli.common import add_params_arg, params
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rlbench", help="RLBench: PerAct data, multi-view tokens, keyframe policy")
+    sp = p.add_subparsers(dest="rlbench_cmd", required=True)
+
+    g = sp.add_parser("generate", help="write a small synthetic dataset in PerAct's format (deterministic)")
+    add_params_arg(g)
+    g.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    g.set_defaults(func=_generate)
+
+    i = sp.add_parser("inspect", help="validate PerAct episodes and summarise them as JSON")
+    i.add_argument("root", help="PerAct data folder (<task>/all_variations/episodes/episode<N>/)")
+    add_params_arg(i)
+    i.add_argument("--out", help="write the summary here (default: stdout)")
+    i.add_argument("--no-images", action="store_true", help="check only the pickles")
+    i.set_defaults(func=_inspect)
+
+    e = sp.add_parser("export", help="every camera of every episode as vpdd episodes (vpdd tokenizer train --robot)")
+    e.add_argument("root", help="PerAct data folder")
+    add_params_arg(e)
+    e.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    e.set_defaults(func=_export)
+
+    t = sp.add_parser("tokenize", help="encode every camera of every episode with a tokenizer (multi-view cache)")
+    add_params_arg(t)
+    t.add_argument("--tokenizer", required=True, help="tokenizer checkpoint directory")
+    t.add_argument("--data", required=True, help="PerAct data folder")
+    t.add_argument("--out", required=True, help="token cache directory to write")
+    t.add_argument("--batch-size", type=int, help="windows per forward pass (default: tokenizer.encode_batch_size)")
+    t.add_argument("--device", default="auto")
+    t.set_defaults(func=_tokenize)
+
+    for name, text in (("pretrain", "multi-view video prediction (all cameras in one sequence, no actions)"),
+                       ("finetune", "freeze the video network, train the keyframe action network")):
+        s = sp.add_parser(name, help=text)
+        add_params_arg(s)
+        s.add_argument("--tokens", required=True, help="multi-view token cache (vpdd rlbench tokenize)")
+        s.add_argument("--tokenizer", required=True, help="the tokenizer that made the token cache")
+        s.add_argument("--out", required=True, help="checkpoint directory (resumed when it holds the same run)")
+        s.add_argument("--live", help="DVCLive directory for metrics, plots and the sample grid")
+        if name == "finetune":
+            s.add_argument("--data", required=True, help="PerAct data folder (keyframes from low_dim_obs.pkl)")
+            s.add_argument("--pretrained", help="pre-trained model (rlbench.finetune.init_from_pretrained)")
+        group = s.add_mutually_exclusive_group()
+        group.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+        group.add_argument("--restart-if-changed", action="store_true",
+                           help="start over (instead of failing) when --out holds a different run")
+        s.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+        s.set_defaults(func=_train, stage=name)
+
+    r = sp.add_parser("predict", help="predict keyframe actions on a recorded episode and compare them")
+    r.add_argument("--policy", required=True, help="RLBench policy checkpoint (vpdd rlbench finetune)")
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("--episode", nargs="+", help="episode folder(s) <task>/all_variations/episodes/episode<N>")
+    which.add_argument("--data", help="PerAct data folder: predict on --per-task episodes of each policy task, "
+                       "preferring episodes the policy was not fine-tuned on")
+    r.add_argument("--per-task", type=int, default=1, help="episodes per task with --data (default 1)")
+    r.add_argument("--step", type=int, action="append",
+                   help="step(s) to predict at (default: step 0 and every keyframe but the last)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--stride", type=int, help="reverse-diffusion stride (default: the checkpoint's)")
+    r.add_argument("--out", help="write the predictions and errors as JSON")
+    r.add_argument("--device", default="cpu")
+    r.set_defaults(func=_predict)
+
+    v = sp.add_parser("evaluate", help="closed-loop success in RLBench (needs RLBench + CoppeliaSim)")
+    v.add_argument("--policy", required=True)
+    add_params_arg(v)
+    v.add_argument("--out", required=True, help="metrics JSON")
+    v.add_argument("--tasks", nargs="+", help="default: rlbench.tasks")
+    v.add_argument("--episodes", type=int, help="per task (default: rlbench.eval_episodes)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--device", default="auto")
+    v.set_defaults(func=_evaluate)
+
+
+def _write_json(path: str | None, obj) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    if path:
+        from vpdd.utils.io import atomic_write_text
+
+        atomic_write_text(path, text + "\n")
+        print(f"wrote {path}")
+    else:
+        print(text)
+
+
+def _cameras(cfg) -> list[str]:
+    from vpdd.data.peract import CAMERAS
+
+    return list(CAMERAS) + [c for c in cfg.rlbench.cameras if c not in CAMERAS]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from vpdd.data.peract_synth import generate_dataset
+
+    cfg = params(args)
+    summary = generate_dataset(args.out, cfg.rlbench.generate, cfg.rlbench.image_size, cameras=_cameras(cfg),
+                               progress=sys.stderr.isatty())
+    n = sum(t["episodes"] for t in summary["tasks"].values())
+    print(f"{args.out}: {n} episodes of {sorted(summary['tasks'])}, cameras {summary['cameras']}, "
+          f"{summary['image_size']}x{summary['image_size']}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from vpdd.data.peract import summarize
+
+    cfg = params(args)
+    r = cfg.rlbench
+    _write_json(args.out, summarize(args.root, cameras=r.cameras, images=not args.no_images,
+                                    stopping_delta=r.stopping_delta, stop_buffer=r.stop_buffer))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from vpdd.tokenizer.multiview import export_views
+
+    cfg = params(args)
+    out = export_views(args.root, args.out, resolution=cfg.tokenizer.resolution, cameras=cfg.rlbench.cameras)
+    print(f"{args.out}: {out['videos']} videos ({out['episodes']} episodes x {len(out['cameras'])} cameras) at "
+          f"{out['resolution']}x{out['resolution']}")
+    return 0
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from vpdd.tokenizer.encode import check_against_params
+    from vpdd.tokenizer.multiview import encode_rlbench
+    from vpdd.tokenizer.pretrained import peek_config
+
+    cfg = params(args)
+    check_against_params(args.tokenizer, peek_config(args.tokenizer), cfg.tokenizer)
+    manifest = encode_rlbench(args.tokenizer, args.data, args.out, cameras=cfg.rlbench.cameras,
+                              batch_size=args.batch_size, device=args.device)
+    src = manifest["sources"]["robot"]
+    print(f"token cache {args.out}: {src['items']} videos ({len(cfg.rlbench.cameras)} cameras) / {src['rows']} grids; "
+          f"grid {manifest['grid_shape']}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from vpdd.train.guard import TrainingDiverged, TrainingInterrupted
+    from vpdd.train.multiview import train_rlbench_stage
+
+    cfg = params(args)
+    resume = "never" if args.fresh else ("auto" if args.restart_if_changed else "strict")
+    try:
+        result = train_rlbench_stage(
+            args.stage, cfg, tokens=args.tokens, tokenizer=args.tokenizer, out=args.out,
+            data_root=getattr(args, "data", None), live_dir=args.live, pretrained=getattr(args, "pretrained", None),
+            resume=resume, device=args.device, params_file=args.params,
+        )
+    except TrainingDiverged as err:
+        print(f"vpdd rlbench {args.stage}: error: {err}", file=sys.stderr)
+        return 3
+    except TrainingInterrupted as err:
+        print(f"vpdd rlbench {args.stage}: {err}", file=sys.stderr)
+        return 130
+    m = result.metrics
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k in (
+        "train/loss", "eval/video_token_acc", "eval/action_bin_acc"))
+    print(f"rlbench {args.stage}: step {result.step}, {result.seconds:.0f} s{', ' + shown if shown else ''} -> "
+          f"{result.out}")
+    return 0
+
+
+def predict_episode(policy, episode_dir: str, steps: list[int] | None, seed: int) -> dict:
+    """Predict at ``steps`` of a recorded episode (default: 0 and every keyframe but the last) and compare the
+    first predicted keyframe with the recorded next keyframe."""
+    import numpy as np
+
+    from vpdd.data.peract import load_episode
+    from vpdd.models.keyframes import discover_keyframes, keyframe_targets, rotation_angle
+
+    ep = load_episode(episode_dir, policy.cameras)
+    h = policy.keyframe_heuristic
+    keys = discover_keyframes(ep.gripper_open, ep.joint_velocities, h.get("stopping_delta", 0.1),
+                              h.get("stop_buffer", 4))
+    steps = steps if steps else [0, *keys[:-1]]
+    bad = [s for s in steps if not 0 <= s < len(ep)]
+    if bad:
+        raise ValueError(f"--step {bad}: {episode_dir} has {len(ep)} steps")
+    targets = keyframe_targets(keys, len(ep), policy.chunk)
+    pose, grip = ep.gripper_pose, ep.gripper_open
+    queries = []
+    for s in steps:
+        policy.reset(seed=seed)
+        for k in range(max(0, s - policy.window + 1), s):  # the frames before s that fill the window
+            policy.observe({c: ep.frames[c][k] for c in policy.cameras})
+        out = policy.predict({c: ep.frames[c][s] for c in policy.cameras}, ep.instruction)
+        true = np.concatenate([pose[targets[s]], grip[targets[s]][:, None]], axis=1)
+        pred = out.actions.astype(np.float64)
+        queries.append({
+            "step": s, "target_keyframes": targets[s].tolist(), "predicted": pred.round(5).tolist(),
+            "recorded": true.round(5).tolist(),
+            "translation_error_m": float(np.linalg.norm(pred[0, :3] - true[0, :3])),
+            "rotation_error_deg": float(rotation_angle(pred[0, 3:7], true[0, 3:7])),
+            "gripper_correct": bool(pred[0, 7] == true[0, 7]),
+        })
+    return {"episode": str(episode_dir), "instruction": ep.instruction, "keyframes": keys, "queries": queries,
+            "mean_translation_error_m": float(np.mean([q["translation_error_m"] for q in queries])),
+            "mean_rotation_error_deg": float(np.mean([q["rotation_error_deg"] for q in queries])),
+            "gripper_accuracy": float(np.mean([q["gripper_correct"] for q in queries]))}
+
+
+def _held_out_first(policy, root: str, per_task: int) -> list:
+    """``per_task`` episodes of each of the policy's tasks, those it was not fine-tuned on first."""
+    from vpdd.data.peract import list_episodes
+
+    trained = set(policy.trained_episodes)
+    chosen = []
+    for task in policy.tasks:
+        refs = list_episodes(root, [task])
+        chosen += [r.path for r in sorted(refs, key=lambda r: (r.rel in trained, r.index))[:per_task]]
+    return chosen
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from vpdd.policy.rlbench import RLBenchPolicy
+
+    policy = RLBenchPolicy.from_pretrained(args.policy, device=args.device, sampling_stride=args.stride)
+    paths = args.episode or _held_out_first(policy, args.data, args.per_task)
+    episodes = [predict_episode(policy, str(e), args.step, args.seed) for e in paths]
+    trained = set(policy.trained_episodes)
+    for ep in episodes:
+        ep["fine_tuned_on"] = any(str(ep["episode"]).endswith(rel) for rel in trained)
+    for ep in episodes:
+        print(f"{ep['episode']}: {len(ep['queries'])} queries, first keyframe error "
+              f"{ep['mean_translation_error_m']:.3f} m / {ep['mean_rotation_error_deg']:.1f} deg, "
+              f"gripper {ep['gripper_accuracy']:.2f}")
+    summary = {k: float(sum(e[k] for e in episodes) / len(episodes))
+               for k in ("mean_translation_error_m", "mean_rotation_error_deg", "gripper_accuracy")}
+    if args.out:
+        _write_json(args.out, {"policy": args.policy, "seed": args.seed, "stride": args.stride, **summary,
+                               "episodes": episodes})
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from vpdd.envs.rlbench import RLBenchEnv, RLBenchUnavailable, evaluate_keyframes, require_rlbench
+
+    cfg = params(args)
+    r = cfg.rlbench
+    try:
+        require_rlbench()  # fail before loading anything
+    except RLBenchUnavailable as err:
+        print(f"vpdd rlbench evaluate: error: {err}", file=sys.stderr)
+        return 2
+    import torch
+
+    from vpdd.policy.rlbench import RLBenchPolicy
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if args.device == "auto" else args.device)
+    policy = RLBenchPolicy.from_pretrained(args.policy, device=device, sampling_stride=r.eval_sampling_stride)
+    result = evaluate_keyframes(policy, lambda task: RLBenchEnv(task, policy.cameras, r.image_size),
+                                list(args.tasks or r.tasks), args.episodes or r.eval_episodes, args.seed,
+                                r.max_eval_steps)
+    _write_json(args.out, result)
+    print(f"RLBench success rate {result['success_rate']:.3f}")
+    return 0
