@@ -12,6 +12,7 @@ BENCHMARKS = {
     "tokenizer": ("vpdd.tokenizer.benchmark", "VQ-VAE encoding throughput"),
     "kernels": ("vpdd_kernels.benchmark", "Triton kernels vs eager/compiled reference (GPU); fallbacks (CPU)"),
     "train": ("vpdd.train.benchmark", "training step time of pre-training and fine-tuning"),
+    "control": ("vpdd.eval.benchmark", "closed-loop success against seconds per control step (stride, chunk, batch)"),
 }
 
 

@@ -179,6 +179,11 @@ class VPDDPolicy(nn.Module):
         frames = [frames[0]] * (self.window - len(frames)) + frames
         return np.stack(frames, axis=1)  # (B, W, H, W, 3)
 
+    @property
+    def queued_actions(self) -> int:
+        """Actions left from the last predicted chunk; 0 means the next ``select_action`` predicts."""
+        return len(self._queue)
+
     def observe(self, observation: Any) -> None:
         """Record a frame in the history without acting (e.g. frames seen before the policy takes over)."""
         frame, win, _ = self._as_frames(observation)

@@ -1,0 +1,162 @@
+"""``vpdd eval run``: evaluate a policy directory in closed loop and write the results a user reads.
+
+Writes, into ``out`` (atomically, file by file):
+
+* ``metrics.json``: per-task success with 95% Wilson intervals, the mean, per-seed means, timing
+  (seconds per control step and per policy call), the settings and the checkpoint evaluated;
+* ``episodes.json``: one record per episode (task, seed, scene seed, success, steps);
+* ``success.json`` + ``success.png``: the per-task success rates (DVC bar plot data and a bar chart with
+  the 95% intervals);
+* ``videos/<task>/seed<s>_ep<k>_<success|failure>.mp4``: rollouts of the first ``videos_per_task``
+  episodes of each task and evaluation seed, upscaled so that a 64-pixel policy view is watchable.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vpdd.eval.closed_loop import EvaluationError, TaskTiming, episode_records, run_task, summarise
+from vpdd.utils.io import atomic_write_bytes, atomic_write_json
+
+VIDEO_SCALE = 4
+
+
+@dataclass
+class EvalSettings:
+    tasks: list[str]
+    episodes_per_task: int
+    seeds: list[int]
+    max_steps: int = 200
+    n_envs: int = 4
+    execute_steps: int = 1
+    sampling_stride: int = 1
+    videos_per_task: int = 1
+    device: str = "cpu"
+
+
+def policy_tasks(policy: Any, tasks: list[str]) -> list[str]:
+    """The tasks to evaluate: ``tasks`` when given, else the tasks the policy was fine-tuned on."""
+    if tasks:
+        return list(tasks)
+    trained = policy.config.get("data", {}).get("demonstrations", {}).get("tasks")
+    if not trained:
+        raise EvaluationError(f"{policy.loaded.path}: the checkpoint records no fine-tuning tasks; pass eval.tasks")
+    return list(trained)
+
+
+def check_env_matches(policy: Any, env_cfg: dict[str, Any]) -> None:
+    """The rendered frames must be the size the tokenizer was trained on."""
+    if int(env_cfg["resolution"]) != policy.resolution:
+        raise EvaluationError(f"env.resolution={env_cfg['resolution']} but the policy's tokenizer expects "
+                              f"{policy.resolution}x{policy.resolution} frames")
+
+
+def write_videos(videos: list[Any], out: Path, fps: int = 20) -> list[str]:
+    from vpdd.data.video import write_video
+
+    paths = []
+    for v in videos:
+        big = np.repeat(np.repeat(v.frames, VIDEO_SCALE, axis=1), VIDEO_SCALE, axis=2)
+        rel = Path("videos") / v.task / f"seed{v.eval_seed}_ep{v.episode}_{'success' if v.success else 'failure'}.mp4"
+        write_video(out / rel, big, fps=fps)
+        paths.append(str(rel))
+    return paths
+
+
+def bar_plot(metrics: dict[str, Any], path: Path, title: str) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(metrics["tasks"])
+    rates = [metrics["tasks"][t]["success"] for t in tasks] + [metrics["mean_success"]]
+    lo = [metrics["tasks"][t]["ci95"][0] for t in tasks] + [metrics["ci95"][0]]
+    hi = [metrics["tasks"][t]["ci95"][1] for t in tasks] + [metrics["ci95"][1]]
+    labels = [t.removesuffix("-v3") for t in tasks] + ["mean"]
+    fig, ax = plt.subplots(figsize=(1.4 * len(labels) + 1.5, 3.6))
+    err = np.array([np.subtract(rates, lo), np.subtract(hi, rates)])
+    ax.bar(labels, rates, yerr=err, capsize=4, color=["#4c72b0"] * len(tasks) + ["#dd8452"])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("success rate (95% CI)")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def evaluate(policy_dir: str | Path, settings: EvalSettings, env_cfg: dict[str, Any], out: str | Path,
+             progress: bool = True) -> dict[str, Any]:
+    """Run the closed-loop evaluation of ``policy_dir`` and write its results into ``out``."""
+    from tqdm import tqdm
+
+    # The policy (and with it transformers -> triton) must be imported before MuJoCo's EGL context exists:
+    # importing triton after EGL rendering has started crashes the process.
+    from vpdd.policy import VPDDPolicy
+    from vpdd.utils.machine import machine_record
+
+    policy_dir, out = Path(policy_dir), Path(out)
+    if not policy_dir.is_dir():
+        raise EvaluationError(f"policy directory {policy_dir} does not exist (expected a `vpdd train finetune` "
+                              "output such as models/policy)")
+    policy = VPDDPolicy.from_pretrained(policy_dir, device=settings.device, execute_steps=settings.execute_steps,
+                                        sampling_stride=settings.sampling_stride)
+    if not policy.is_policy:
+        raise EvaluationError(f"{policy_dir} is a {policy.config['kind']!r} checkpoint: closed-loop evaluation "
+                              "needs a fine-tuned policy (vpdd train finetune)")
+    tasks = policy_tasks(policy, settings.tasks)
+    check_env_matches(policy, env_cfg)
+    total = len(tasks) * len(settings.seeds) * settings.episodes_per_task
+    episodes, videos, timing = [], [], TaskTiming()
+    start = time.perf_counter()
+    with tqdm(total=total, desc="vpdd eval", unit="episode", disable=not progress) as bar:
+        for task in tasks:
+            bar.set_postfix_str(task)
+            run = run_task(policy, task, env_cfg, settings.seeds, settings.episodes_per_task, settings.max_steps,
+                           settings.n_envs, settings.videos_per_task, on_batch=bar.update)
+            episodes += run.episodes
+            videos += run.videos
+            for k in ("env_s", "policy_s", "steps", "policy_calls"):
+                setattr(timing, k, getattr(timing, k) + getattr(run.timing, k))
+    wall = time.perf_counter() - start
+    metrics = summarise(episodes, tasks, settings.seeds)
+    batch_steps = max(1, timing.steps)
+    metrics["timing"] = {
+        "wall_s": wall,
+        "env_steps": timing.steps,
+        "policy_calls": timing.policy_calls,
+        # per environment step, with n_envs environments sharing each batched policy call
+        "s_per_env_step": wall / batch_steps,
+        "policy_s_per_call": timing.policy_s / max(1, timing.policy_calls),
+        "env_s_per_step": timing.env_s / batch_steps,
+    }
+    metrics["settings"] = {
+        "tasks": tasks, "episodes_per_task": settings.episodes_per_task, "seeds": list(settings.seeds),
+        "max_steps": settings.max_steps, "n_envs": settings.n_envs, "execute_steps": settings.execute_steps,
+        "sampling_stride": settings.sampling_stride,
+        "reverse_steps": len(policy.scheduler.timesteps(settings.sampling_stride)),
+        "success_definition": "info['success'] at any step within max_steps",
+        "env": {k: env_cfg[k] for k in ("camera", "resolution", "flip", "crop") if k in env_cfg},
+    }
+    ckpt = policy.loaded.checkpoint
+    metrics["policy"] = {"path": str(policy_dir), "checkpoint_hash": ckpt.meta.get("checkpoint_hash"),
+                         "step": ckpt.step}
+    metrics["machine"] = machine_record()
+    metrics["videos"] = write_videos(videos, out)
+    atomic_write_json(out / "episodes.json", episode_records(episodes))
+    atomic_write_json(out / "success.json", {"success": [
+        {"task": t.removesuffix("-v3"), "success": v["success"]} for t, v in metrics["tasks"].items()]})
+    bar_plot(metrics, out / "success.png",
+             f"{policy_dir}: {len(tasks)} tasks x {settings.episodes_per_task} episodes x {len(settings.seeds)} seeds")
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
