@@ -112,3 +112,22 @@ def test_vpdd_eval_run_rejects_bad_input(trained, synthetic, tmp_path, tool_env)
     proc = subprocess.run([*base, "--policy", str(trained["pretrain"])], capture_output=True, text=True,
                           env=tool_env, timeout=300)
     assert proc.returncode != 0 and "fine-tuned policy" in proc.stderr
+
+
+def test_read_metrics_from_a_git_revision_and_a_dvc_experiment_ref(tmp_path, monkeypatch):
+    from vpdd.eval.compare import read_metrics
+
+    m = summarise(_episodes({"a-v3": [True, False]}), ["a-v3"], [0])
+    monkeypatch.chdir(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    subprocess.run([*git, "add", "metrics.json"], check=True)
+    subprocess.run([*git, "commit", "-qm", "m"], check=True)
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["git", "update-ref", "refs/exps/ab/cdef/no-pretrain", sha], check=True)
+    (tmp_path / "metrics.json").write_text("{}")  # the workspace copy differs: the revision's is read
+    assert read_metrics("HEAD:metrics.json")["mean_success"] == 0.5
+    assert read_metrics("no-pretrain:metrics.json")["episodes"] == 2
+    with pytest.raises(ValueError, match="no other.json in git revision or DVC experiment 'HEAD'"):
+        read_metrics("HEAD:other.json")

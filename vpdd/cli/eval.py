@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -36,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
     r.set_defaults(func=_run)
     c = sp.add_parser("compare", help="a markdown table comparing several evaluations (e.g. the ablation)")
-    c.add_argument("metrics", nargs="+", help="metrics.json files written by `vpdd eval run`")
+    c.add_argument("metrics", nargs="+", help="metrics.json files written by `vpdd eval run`, or REV:PATH for the "
+                   "file in a git revision or DVC experiment (e.g. no-pretrain:results/eval/metrics.json)")
     c.add_argument("--names", nargs="+", help="a row name per file (default: the file's folder)")
     c.add_argument("--out", help="write the table here (markdown) as well as printing it")
     c.set_defaults(func=_compare)
@@ -91,18 +91,19 @@ def format_summary(metrics: dict) -> str:
 def _compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vpdd.eval.compare import comparison_table
+    from vpdd.eval.compare import comparison_table, read_metrics
     from vpdd.utils.io import atomic_write_text
 
-    names = args.names or [Path(m).parent.name for m in args.metrics]
+    names = args.names or [m.split(":")[0] if ":" in m and not Path(m).exists() else Path(m).parent.name
+                           for m in args.metrics]
     if len(names) != len(args.metrics):
         print(f"vpdd eval compare: error: {len(names)} names for {len(args.metrics)} metrics files", file=sys.stderr)
         return 2
     rows = []
     for name, path in zip(names, args.metrics, strict=True):
         try:
-            rows.append((name, json.loads(Path(path).read_text())))
-        except (OSError, json.JSONDecodeError) as err:
+            rows.append((name, read_metrics(path)))
+        except (OSError, ValueError) as err:
             print(f"vpdd eval compare: error: {path}: not a readable metrics.json ({err})", file=sys.stderr)
             return 2
     table = comparison_table(rows)

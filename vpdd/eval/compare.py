@@ -7,11 +7,34 @@ row's interval overlaps the first row's (the reference), which is how the issue'
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 
 class CompareError(ValueError):
     """Rows that cannot be compared (names the row and the problem)."""
+
+
+def _exp_ref(name: str) -> str | None:
+    """The git ref of the DVC experiment ``name`` (refs/exps/<xx>/<baseline>/<name>), if there is one."""
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], capture_output=True,
+                          text=True, check=False).stdout.split()
+    hits = [r for r in refs if r.rsplit("/", 1)[-1] == name]
+    return hits[-1] if hits else None
+
+
+def read_metrics(spec: str) -> dict[str, Any]:
+    """A metrics.json from a file, or ``REV:PATH`` from a git revision or DVC experiment name."""
+    if Path(spec).is_file() or ":" not in spec:
+        return json.loads(Path(spec).read_text())
+    rev, path = spec.split(":", 1)
+    ref = _exp_ref(rev) or rev
+    proc = subprocess.run(["git", "show", f"{ref}:{path}"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ValueError(f"no {path} in git revision or DVC experiment {rev!r} ({proc.stderr.strip()})")
+    return json.loads(proc.stdout)
 
 
 def _ci(ci: list[float]) -> str:
