@@ -13,6 +13,7 @@ Writes, into ``out`` (atomically, file by file):
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from vpdd.eval.closed_loop import EvaluationError, TaskTiming, episode_records, 
 from vpdd.utils.io import atomic_write_bytes, atomic_write_json
 
 VIDEO_SCALE = 4
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -126,6 +128,10 @@ def evaluate(policy_dir: str | Path, settings: EvalSettings, env_cfg: dict[str, 
                            settings.n_envs, settings.videos_per_task, on_batch=bar.update)
             episodes += run.episodes
             videos += run.videos
+            wins = sum(e.success for e in run.episodes)
+            # one line per task for logs without a terminal (DVC under nohup, Prefect, CI)
+            log.info("%s: %d/%d episodes succeeded (%d/%d episodes done, %.0f s)", task, wins, len(run.episodes),
+                     len(episodes), total, time.perf_counter() - start)
             for k in ("env_s", "policy_s", "steps", "policy_calls"):
                 setattr(timing, k, getattr(timing, k) + getattr(run.timing, k))
     wall = time.perf_counter() - start
