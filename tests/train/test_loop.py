@@ -128,7 +128,7 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_checkpoint(a
     ("override", "expected"),
     [
         ({"model.actions.n_bins": 32}, ["vocabulary mismatch", "K_a=32", "K_a=48"]),
-        ({"model.actions.chunk": 2}, ["token layout mismatch", "N_a=8", "N_a=16"]),
+        ({"model.actions.chunk": 2, "eval.execute_steps": 1}, ["token layout mismatch", "N_a=8", "N_a=16"]),
         ({"model.video.dim": 24}, ["video network mismatch", "24", "16"]),
     ],
 )
