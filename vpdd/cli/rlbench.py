@@ -25,7 +25,7 @@ import json
 import os
 import sys
 
-from vpdd.cli.common import add_params_arg, params
+from vpdd.cli.common import add_params_arg, add_resume_args, params, resume_mode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,11 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "finetune":
             s.add_argument("--data", required=True, help="PerAct data folder (keyframes from low_dim_obs.pkl)")
             s.add_argument("--pretrained", help="pre-trained model (rlbench.finetune.init_from_pretrained)")
-        group = s.add_mutually_exclusive_group()
-        group.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
-        group.add_argument("--restart-if-changed", action="store_true",
-                           help="start over (instead of failing) when --out holds a different run")
-        s.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+        add_resume_args(s)
         s.set_defaults(func=_train, stage=name)
 
     r = sp.add_parser("predict", help="predict keyframe actions on a recorded episode and compare them")
@@ -176,7 +172,7 @@ def _train(args: argparse.Namespace) -> int:
     from vpdd.train.multiview import train_rlbench_stage
 
     cfg = params(args)
-    resume = "never" if args.fresh else ("auto" if args.restart_if_changed else "strict")
+    resume = resume_mode(args)
     try:
         result = train_rlbench_stage(
             args.stage, cfg, tokens=args.tokens, tokenizer=args.tokenizer, out=args.out,

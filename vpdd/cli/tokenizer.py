@@ -20,7 +20,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vpdd.cli.common import add_params_arg
+    from vpdd.cli.common import add_params_arg, add_resume_args
 
     p = sub.add_parser("tokenizer", help="video tokenizer (VQ-VAE): train, encode, reconstruct")
     sp = p.add_subparsers(dest="tokenizer_cmd", required=True)
@@ -31,14 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--corpus", help="ingested actionless corpus (e.g. build/corpus)")
     t.add_argument("--out", required=True, help="checkpoint directory (resumed when it holds a compatible run)")
     t.add_argument("--live", help="DVCLive directory for metrics, plots and the reconstruction grid")
-    group = t.add_mutually_exclusive_group()
-    group.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
-    group.add_argument(
-        "--restart-if-changed",
-        action="store_true",
-        help="start over (instead of failing) when --out holds a different run (params, data or code)",
-    )
-    t.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    add_resume_args(t)
     t.add_argument("--data-dvc", default="data.dvc", help="where to read the raw-data version (default: data.dvc)")
     t.set_defaults(func=_train)
 
@@ -78,7 +71,7 @@ def _passive_omp() -> None:
 
 def _train(args: argparse.Namespace) -> int:
     _passive_omp()
-    from vpdd.cli.common import params
+    from vpdd.cli.common import params, resume_mode
     from vpdd.tokenizer.train import TrainingDiverged, TrainingInterrupted, train_tokenizer
 
     cfg = params(args)
@@ -89,7 +82,7 @@ def _train(args: argparse.Namespace) -> int:
             robot=args.robot,
             corpus=args.corpus,
             live_dir=args.live,
-            resume="never" if args.fresh else ("auto" if args.restart_if_changed else "strict"),
+            resume=resume_mode(args),
             device=args.device,
             data_dvc=args.data_dvc,
         )

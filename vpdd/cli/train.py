@@ -21,7 +21,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vpdd.cli.common import add_params_arg
+    from vpdd.cli.common import add_params_arg, add_resume_args
 
     p = sub.add_parser("train", help="pre-train the video model / fine-tune the policy (discrete diffusion)")
     sp = p.add_subparsers(dest="train_cmd", required=True)
@@ -36,11 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "finetune":
             t.add_argument("--robot", required=True, help="robot episodes (their actions), e.g. data/metaworld")
             t.add_argument("--pretrained", help="pre-trained model directory (finetune.init_from_pretrained)")
-        group = t.add_mutually_exclusive_group()
-        group.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
-        group.add_argument("--restart-if-changed", action="store_true",
-                           help="start over (instead of failing) when --out holds a different run")
-        t.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+        add_resume_args(t)
         t.set_defaults(func=_train, stage=name)
 
 
@@ -48,12 +44,12 @@ def _train(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep (shared CPUs)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from vpdd.cli.common import params
+    from vpdd.cli.common import params, resume_mode
     from vpdd.train.guard import TrainingDiverged, TrainingInterrupted
     from vpdd.train.loop import train_stage
 
     cfg = params(args)
-    resume = "never" if args.fresh else ("auto" if args.restart_if_changed else "strict")
+    resume = resume_mode(args)
     try:
         result = train_stage(
             args.stage,
