@@ -1,115 +1,52 @@
-"""Shared RLBench artefacts, built once per session: a small generated PerAct dataset (16x16 frames, 3 tasks,
-2 variations, 3 episodes each), a tiny tokenizer trained on its exported views, the multi-view token cache,
-a pre-trained model and a fine-tuned keyframe policy (a few steps each)."""
+"""The RLBench fixtures: the session's artefacts of tests/rlbench/artefacts.py (loaded by path: conftest
+modules are not importable under --import-mode=importlib) and a helper namespace."""
 
 from __future__ import annotations
 
-import dataclasses
+import importlib.util
+import sys
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
 
 import pytest
-import yaml
-
-RES = 16
-TASKS = ["pick_up_block", "slide_block_to_target", "push_button"]
-CAMERAS = ["front", "left_shoulder", "right_shoulder", "wrist"]
-_CACHE: dict[str, Any] = {}
 
 
-def rlbench_params(synthetic, **overrides: Any) -> dict[str, Any]:
-    """The tests' shrunk params (tests/train/synthetic.py) with a small rlbench group."""
-    data = synthetic.params()
-    r = data["rlbench"]
-    r.update(cameras=list(CAMERAS), tasks=list(TASKS), image_size=RES, foresight_pool=1, eval_sampling_stride=5)
-    r["generate"].update(tasks=list(TASKS), variations=2, episodes_per_task=3, segment_steps=3, pause_steps=1)
-    for stage in ("pretrain", "finetune"):
-        r[stage].update(steps=4, batch_size=4, grad_accum=1, log_every=2, checkpoint_every=4, ema_start=1,
-                        ema_every=1, lr=2e-3, eval_samples=3, eval_stride=5, future_offset=4)
-    r["finetune"]["demos_per_task"] = 2
-    for dotted, value in overrides.items():
-        node = data
-        *head, last = dotted.split(".")
-        for part in head:
-            node = node[part]
-        node[last] = value
-    return data
-
-
-def rlbench_config(synthetic, **overrides: Any):
-    from vpdd.config import config_from_dict
-
-    return config_from_dict(rlbench_params(synthetic, **overrides), source="rlbench test params")
-
-
-def write_rlbench_params(synthetic, path: Path, **overrides: Any) -> Path:
-    path.write_text(yaml.safe_dump(rlbench_params(synthetic, **overrides), sort_keys=False))
-    return path
+def _artefacts():
+    name = "vpdd_test_rlbench_artefacts"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "artefacts.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 @pytest.fixture(scope="session")
 def rlb_data(tmp_path_factory, synthetic) -> Path:
     """The generated PerAct-format dataset."""
-    if "data" not in _CACHE:
-        from vpdd.data.peract_synth import generate_dataset
-
-        cfg = rlbench_config(synthetic)
-        root = tmp_path_factory.mktemp("rlbench") / "data"
-        generate_dataset(root, cfg.rlbench.generate, cfg.rlbench.image_size, CAMERAS)
-        _CACHE["data"] = root
-    return _CACHE["data"]
+    return _artefacts().data(synthetic, tmp_path_factory.mktemp("rlbench"))
 
 
 @pytest.fixture(scope="session")
 def rlb_tokens(rlb_data, synthetic) -> dict[str, Path]:
     """A tokenizer trained on the exported views (4 steps) and the multi-view token cache."""
-    if "tokens" not in _CACHE:
-        from vpdd.tokenizer.multiview import encode_rlbench, export_views
-        from vpdd.tokenizer.train import train_tokenizer
-
-        cfg = rlbench_config(synthetic)
-        root = rlb_data.parent
-        views = root / "views"
-        export_views(rlb_data, views, resolution=cfg.tokenizer.resolution, cameras=CAMERAS)
-        tok = root / "tokenizer"
-        train_tokenizer(cfg.tokenizer, tok, views, None, None, data_dvc=None, progress=False)
-        tokens = root / "tokens"
-        encode_rlbench(tok, rlb_data, tokens, cameras=CAMERAS, progress=False)
-        _CACHE["tokens"] = {"data": rlb_data, "views": views, "tokenizer": tok, "tokens": tokens, "root": root}
-    return _CACHE["tokens"]
+    return _artefacts().tokens(synthetic, rlb_data.parent)
 
 
 @pytest.fixture(scope="session")
 def rlb_trained(rlb_tokens, synthetic) -> dict[str, Path]:
     """The artefacts plus a pre-trained multi-view model and a fine-tuned keyframe policy (4 steps each)."""
-    if "trained" not in _CACHE:
-        from vpdd.train.multiview import train_rlbench_stage
-
-        cfg = rlbench_config(synthetic)
-        root = rlb_tokens["root"]
-        common = {"tokens": rlb_tokens["tokens"], "tokenizer": rlb_tokens["tokenizer"], "params_file": None,
-                  "progress": False}
-        train_rlbench_stage("pretrain", cfg, out=root / "pretrain", live_dir=root / "live_pretrain", **common)
-        train_rlbench_stage("finetune", cfg, out=root / "policy", live_dir=root / "live_finetune",
-                            data_root=rlb_tokens["data"], pretrained=root / "pretrain", **common)
-        _CACHE["trained"] = {**rlb_tokens, "pretrain": root / "pretrain", "policy": root / "policy"}
-    return _CACHE["trained"]
-
-
-def replace_rlbench(cfg, **changes):
-    """``cfg`` with ``rlbench`` fields replaced."""
-    return dataclasses.replace(cfg, rlbench=dataclasses.replace(cfg.rlbench, **changes))
+    return _artefacts().trained(synthetic, rlb_tokens["root"])
 
 
 @pytest.fixture(scope="session")
 def rlb(synthetic):
-    """Helpers for the tests (conftest modules are not importable under --import-mode=importlib)."""
-    from types import SimpleNamespace
-
+    """Helpers for the tests."""
+    a = _artefacts()
     return SimpleNamespace(
-        RES=RES, TASKS=TASKS, CAMERAS=CAMERAS,
-        params=lambda **o: rlbench_params(synthetic, **o),
-        config=lambda **o: rlbench_config(synthetic, **o),
-        write_params=lambda path, **o: write_rlbench_params(synthetic, path, **o),
-        replace=replace_rlbench,
+        RES=a.RES, TASKS=a.TASKS, CAMERAS=a.CAMERAS,
+        params=lambda **o: a.rlbench_params(synthetic, **o),
+        config=lambda **o: a.rlbench_config(synthetic, **o),
+        write_params=lambda path, **o: a.write_rlbench_params(synthetic, path, **o),
+        replace=a.replace_rlbench,
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vpdd.models.actions import ActionDiscretizer
-from vpdd.models.keyframes import (
+from vpdd.rlbench.keyframes import (
     PoseActionCoder,
     discover_keyframes,
     euler_to_quat,

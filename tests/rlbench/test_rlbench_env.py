@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from vpdd.envs.rlbench import RLBenchEnv, RLBenchStep, RLBenchUnavailable, evaluate_keyframes, rlbench_status
+from vpdd.rlbench.env import RLBenchEnv, RLBenchStep, RLBenchUnavailable, evaluate_keyframes, rlbench_status
 
 INSTALL_WORDS = ("CoppeliaSim 4.1", "PyRep", "RLBench", "COPPELIASIM_ROOT", "LD_LIBRARY_PATH",
                  "QT_QPA_PLATFORM_PLUGIN_PATH")
@@ -94,7 +94,7 @@ class GoalPolicy:
     def reset(self, seed=None):
         self.resets.append(seed)
 
-    def act(self, views, instruction):
+    def select_action(self, views, instruction):
         assert "front" in views and instruction.startswith("reach")
         target = self.env.goal if self.good else self.env.goal + 1.0
         return np.concatenate([target, [0, 0, 0, 1], [0.0]])

@@ -8,7 +8,7 @@ import torch
 
 from vpdd.diffusion import TokenLayout
 from vpdd.models.model import ModelSpec, VPDDModel
-from vpdd.models.multiview_action_net import MultiViewActionNet
+from vpdd.rlbench.network import MultiViewActionNet
 
 V, G, D_CODE, D_VIDEO = 4, 16, 8, 12  # 4 views of a 1x4x4 grid
 

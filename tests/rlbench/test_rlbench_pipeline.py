@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from vpdd.config import ConfigError
-from vpdd.data.peract import list_episodes, load_episode
-from vpdd.models.keyframes import PoseActionCoder, discover_keyframes, keyframe_targets
 from vpdd.policy.checkpoint import KIND_POLICY, KIND_PRETRAIN, load_vpdd_checkpoint
+from vpdd.rlbench.keyframes import PoseActionCoder, discover_keyframes, keyframe_targets
+from vpdd.rlbench.reader import list_episodes, load_episode
+from vpdd.rlbench.training import KeyframeFinetuneData, MultiViewPairs
 from vpdd.tokenizer.cache import TokenCache
-from vpdd.train.multiview import KeyframeFinetuneData, MultiViewPairs
 
 
 def test_the_token_cache_holds_every_camera_of_every_episode(rlb_tokens, rlb):
@@ -89,7 +89,7 @@ def test_pretraining_and_finetuning_write_multiview_checkpoints(rlb_trained):
 
 
 def test_the_policy_predicts_keyframe_actions_on_an_episode(rlb_trained, rlb):
-    from vpdd.policy.rlbench import RLBenchPolicy
+    from vpdd.rlbench.policy import RLBenchPolicy
 
     policy = RLBenchPolicy.from_pretrained(rlb_trained["policy"], sampling_stride=5)
     assert policy.cameras == rlb.CAMERAS and policy.chunk == 4
@@ -109,9 +109,9 @@ def test_the_policy_predicts_keyframe_actions_on_an_episode(rlb_trained, rlb):
     assert np.array_equal(again.bins, out.bins)  # the seed fixes the sample
     # frames of another size are resized like the reader's; a missing camera is refused
     big = {c: np.repeat(np.repeat(f, 4, axis=0), 4, axis=1) for c, f in views.items()}
-    assert policy.act(big, ep.instruction).shape == (8,)
+    assert policy.select_action(big, ep.instruction).shape == (8,)
     with pytest.raises(ValueError, match=r"missing cameras \['wrist'\]"):
-        policy.act({c: f for c, f in views.items() if c != "wrist"}, ep.instruction)
+        policy.select_action({c: f for c, f in views.items() if c != "wrist"}, ep.instruction)
 
 
 def test_cli_tokenize_finetune_and_predict(rlb_trained, rlb, tmp_path, capsys):

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from vpdd.data.peract import (
+from vpdd.rlbench.reader import (
     DESCRIPTIONS_PICKLE,
     LOW_DIM_PICKLE,
     Demo,
@@ -174,7 +174,7 @@ def test_bad_layouts_are_named(tmp_path, rlb_data):
 
 def test_generation_is_deterministic(tmp_path, rlb):
     from vpdd.config.rlbench import RLBenchGenerateConfig
-    from vpdd.data.peract_synth import generate_dataset
+    from vpdd.rlbench.synthetic import generate_dataset
 
     cfg = RLBenchGenerateConfig(tasks=["push_button"], variations=1, episodes_per_task=1, segment_steps=3,
                                 pause_steps=1)

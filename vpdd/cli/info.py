@@ -29,7 +29,7 @@ def _render_check() -> dict[str, object]:
 
 
 def _rlbench_status() -> str:
-    from vpdd.envs.rlbench import rlbench_status
+    from vpdd.rlbench.env import rlbench_status
 
     status = rlbench_status()
     return "yes" if status["available"] else "no (" + "; ".join(status["problems"]) + "; see docs/rlbench.md)"

@@ -110,17 +110,12 @@ def _write_json(path: str | None, obj) -> None:
         print(text)
 
 
-def _cameras(cfg) -> list[str]:
-    from vpdd.data.peract import CAMERAS
-
-    return list(CAMERAS) + [c for c in cfg.rlbench.cameras if c not in CAMERAS]
-
-
 def _generate(args: argparse.Namespace) -> int:
-    from vpdd.data.peract_synth import generate_dataset
+    from vpdd.rlbench.commands import generated_cameras
+    from vpdd.rlbench.synthetic import generate_dataset
 
     cfg = params(args)
-    summary = generate_dataset(args.out, cfg.rlbench.generate, cfg.rlbench.image_size, cameras=_cameras(cfg),
+    summary = generate_dataset(args.out, cfg.rlbench.generate, cfg.rlbench.image_size, cameras=generated_cameras(cfg),
                                progress=sys.stderr.isatty())
     n = sum(t["episodes"] for t in summary["tasks"].values())
     print(f"{args.out}: {n} episodes of {sorted(summary['tasks'])}, cameras {summary['cameras']}, "
@@ -129,7 +124,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from vpdd.data.peract import summarize
+    from vpdd.rlbench.reader import summarize
 
     cfg = params(args)
     r = cfg.rlbench
@@ -139,7 +134,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from vpdd.tokenizer.multiview import export_views
+    from vpdd.rlbench.tokens import export_views
 
     cfg = params(args)
     out = export_views(args.root, args.out, resolution=cfg.tokenizer.resolution, cameras=cfg.rlbench.cameras)
@@ -150,8 +145,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _tokenize(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from vpdd.rlbench.tokens import encode_rlbench
     from vpdd.tokenizer.encode import check_against_params
-    from vpdd.tokenizer.multiview import encode_rlbench
     from vpdd.tokenizer.pretrained import peek_config
 
     cfg = params(args)
@@ -168,8 +163,8 @@ def _train(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from vpdd.rlbench.training import train_rlbench_stage
     from vpdd.train.guard import TrainingDiverged, TrainingInterrupted
-    from vpdd.train.multiview import train_rlbench_stage
 
     cfg = params(args)
     resume = resume_mode(args)
@@ -193,98 +188,33 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def predict_episode(policy, episode_dir: str, steps: list[int] | None, seed: int) -> dict:
-    """Predict at ``steps`` of a recorded episode (default: 0 and every keyframe but the last) and compare the
-    first predicted keyframe with the recorded next keyframe."""
-    import numpy as np
-
-    from vpdd.data.peract import load_episode
-    from vpdd.models.keyframes import discover_keyframes, keyframe_targets, rotation_angle
-
-    ep = load_episode(episode_dir, policy.cameras)
-    h = policy.keyframe_heuristic
-    keys = discover_keyframes(ep.gripper_open, ep.joint_velocities, h.get("stopping_delta", 0.1),
-                              h.get("stop_buffer", 4))
-    steps = steps if steps else [0, *keys[:-1]]
-    bad = [s for s in steps if not 0 <= s < len(ep)]
-    if bad:
-        raise ValueError(f"--step {bad}: {episode_dir} has {len(ep)} steps")
-    targets = keyframe_targets(keys, len(ep), policy.chunk)
-    pose, grip = ep.gripper_pose, ep.gripper_open
-    queries = []
-    for s in steps:
-        policy.reset(seed=seed)
-        for k in range(max(0, s - policy.window + 1), s):  # the frames before s that fill the window
-            policy.observe({c: ep.frames[c][k] for c in policy.cameras})
-        out = policy.predict({c: ep.frames[c][s] for c in policy.cameras}, ep.instruction)
-        true = np.concatenate([pose[targets[s]], grip[targets[s]][:, None]], axis=1)
-        pred = out.actions.astype(np.float64)
-        queries.append({
-            "step": s, "target_keyframes": targets[s].tolist(), "predicted": pred.round(5).tolist(),
-            "recorded": true.round(5).tolist(),
-            "translation_error_m": float(np.linalg.norm(pred[0, :3] - true[0, :3])),
-            "rotation_error_deg": float(rotation_angle(pred[0, 3:7], true[0, 3:7])),
-            "gripper_correct": bool(pred[0, 7] == true[0, 7]),
-        })
-    return {"episode": str(episode_dir), "instruction": ep.instruction, "keyframes": keys, "queries": queries,
-            "mean_translation_error_m": float(np.mean([q["translation_error_m"] for q in queries])),
-            "mean_rotation_error_deg": float(np.mean([q["rotation_error_deg"] for q in queries])),
-            "gripper_accuracy": float(np.mean([q["gripper_correct"] for q in queries]))}
-
-
-def _held_out_first(policy, root: str, per_task: int) -> list:
-    """``per_task`` episodes of each of the policy's tasks, those it was not fine-tuned on first."""
-    from vpdd.data.peract import list_episodes
-
-    trained = set(policy.trained_episodes)
-    chosen = []
-    for task in policy.tasks:
-        refs = list_episodes(root, [task])
-        chosen += [r.path for r in sorted(refs, key=lambda r: (r.rel in trained, r.index))[:per_task]]
-    return chosen
-
-
 def _predict(args: argparse.Namespace) -> int:
-    from vpdd.policy.rlbench import RLBenchPolicy
+    from vpdd.rlbench.commands import held_out_first, predict_report
+    from vpdd.rlbench.policy import RLBenchPolicy
 
     policy = RLBenchPolicy.from_pretrained(args.policy, device=args.device, sampling_stride=args.stride)
-    paths = args.episode or _held_out_first(policy, args.data, args.per_task)
-    episodes = [predict_episode(policy, str(e), args.step, args.seed) for e in paths]
-    trained = set(policy.trained_episodes)
-    for ep in episodes:
-        ep["fine_tuned_on"] = any(str(ep["episode"]).endswith(rel) for rel in trained)
-    for ep in episodes:
+    paths = args.episode or held_out_first(policy, args.data, args.per_task)
+    report = predict_report(policy, paths, args.step, args.seed)
+    for ep in report["episodes"]:
         print(f"{ep['episode']}: {len(ep['queries'])} queries, first keyframe error "
               f"{ep['mean_translation_error_m']:.3f} m / {ep['mean_rotation_error_deg']:.1f} deg, "
               f"gripper {ep['gripper_accuracy']:.2f}")
-    summary = {k: float(sum(e[k] for e in episodes) / len(episodes))
-               for k in ("mean_translation_error_m", "mean_rotation_error_deg", "gripper_accuracy")}
     if args.out:
-        _write_json(args.out, {"policy": args.policy, "seed": args.seed, "stride": args.stride, **summary,
-                               "episodes": episodes})
+        _write_json(args.out, {"policy": args.policy, "seed": args.seed, "stride": args.stride, **report})
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from vpdd.envs.rlbench import RLBenchEnv, RLBenchUnavailable, evaluate_keyframes, require_rlbench
+    from vpdd.rlbench.commands import evaluate_policy
+    from vpdd.rlbench.env import RLBenchUnavailable
 
     cfg = params(args)
-    r = cfg.rlbench
     try:
-        require_rlbench()  # fail before loading anything
+        result = evaluate_policy(args.policy, cfg, tasks=args.tasks, episodes=args.episodes, seed=args.seed,
+                                 device=args.device)
     except RLBenchUnavailable as err:
         print(f"vpdd rlbench evaluate: error: {err}", file=sys.stderr)
         return 2
-    import torch
-
-    from vpdd.policy.rlbench import RLBenchPolicy
-
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
-    policy = RLBenchPolicy.from_pretrained(args.policy, device=device, sampling_stride=r.eval_sampling_stride)
-    result = evaluate_keyframes(policy, lambda task: RLBenchEnv(task, policy.cameras, r.image_size),
-                                list(args.tasks or r.tasks), args.episodes or r.eval_episodes, args.seed,
-                                r.max_eval_steps)
     _write_json(args.out, result)
     print(f"RLBench success rate {result['success_rate']:.3f}")
     return 0

@@ -19,7 +19,7 @@ from vpdd.config.base import Check, Validated, positive
 from vpdd.config.train import FinetuneConfig, PretrainConfig
 
 RLBENCH_CAMERAS = ("front", "left_shoulder", "right_shoulder", "wrist", "overhead")
-# the synthetic task templates of vpdd.data.peract_synth (rendered block scenes, scripted waypoints)
+# the synthetic task templates of vpdd.rlbench.synthetic (rendered block scenes, scripted waypoints)
 SYNTHETIC_TASKS = ("pick_up_block", "slide_block_to_target", "push_button")
 _TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -91,7 +91,7 @@ def build_action_net(spec: ModelSpec, video_dim: int) -> nn.Module:
     lay = spec.layout
     args = (lay.n_action_bins, spec.chunk, spec.action_dim, lay.n_video_tokens, video_dim, spec.lang_dim)
     if spec.action_net == "multiview":
-        from vpdd.models.multiview_action_net import MultiViewActionNet
+        from vpdd.rlbench.network import MultiViewActionNet
 
         return MultiViewActionNet(*args, code_dim=spec.code_dim, **spec.action)
     return ActionNet(*args, code_dim=spec.code_dim, **spec.action)

@@ -415,7 +415,7 @@ def load_episode(
 def summarize(root: str | Path, tasks: list[str] | None = None, cameras=CAMERAS, images: bool = True,
               stopping_delta: float = 0.1, stop_buffer: int = 4) -> dict[str, Any]:
     """Validate every episode under ``root`` and summarise it (the ``vpdd rlbench inspect`` report)."""
-    from vpdd.models.keyframes import discover_keyframes
+    from vpdd.rlbench.keyframes import discover_keyframes
 
     out: dict[str, Any] = {"root": str(root), "cameras": list(cameras), "tasks": {}}
     total = 0

@@ -2,7 +2,7 @@
 
 RLBench needs CoppeliaSim, which cannot be installed here, and PerAct's dataset cannot be downloaded, so
 the RLBench path is exercised on generated data that has the real format byte for byte where it matters:
-the folder layout of :mod:`vpdd.data.peract`, one PNG per camera and step, and ``low_dim_obs.pkl`` pickled
+the folder layout of :mod:`vpdd.rlbench.reader`, one PNG per camera and step, and ``low_dim_obs.pkl`` pickled
 with RLBench's module/class names (``rlbench.demo.Demo`` holding ``rlbench.backend.observation.Observation``
 with PerAct's 31 fields: gripper pose and matrix, joint positions/velocities/forces, finger positions,
 task state, camera extrinsics/intrinsics in ``misc``, image fields None), so the reader meets what it
@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from vpdd.config.rlbench import SYNTHETIC_TASKS
-from vpdd.data.peract import (
+from vpdd.rlbench.keyframes import euler_to_quat, quat_to_matrix
+from vpdd.rlbench.reader import (
     ALL_CAMERAS,
     DESCRIPTIONS_PICKLE,
     EPISODES_SUBDIR,
@@ -42,7 +43,6 @@ from vpdd.data.peract import (
     Observation,
     dumps_as_rlbench,
 )
-from vpdd.models.keyframes import euler_to_quat, quat_to_matrix
 from vpdd.utils.io import atomic_directory
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ datasets treat the four cameras: no cross-view coupling in the tokenizer, algori
 cache is the ordinary one (:mod:`vpdd.tokenizer.cache`): its ``robot`` source holds one item per
 (episode, camera), keyed ``<episode folder>#<camera>``, with the records ``episode`` (the folder relative to
 the data root), ``view``, ``task``, ``variation``, ``seed`` (the episode number), ``instruction`` (the first
-variation description) and ``length``. The sequence datasets (:mod:`vpdd.train.multiview`) put the views
+variation description) and ``length``. The sequence datasets (:mod:`vpdd.rlbench.training`) put the views
 of one episode back together. Frames are resized to the tokenizer's resolution on reading.
 
 :func:`export_views` writes the same per-camera videos as a vpdd episode folder (``index.json`` + npz,
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vpdd.data.peract import CAMERAS, PerActEpisode, list_episodes, load_episode
+from vpdd.rlbench.reader import CAMERAS, PerActEpisode, list_episodes, load_episode
 from vpdd.tokenizer.data import VideoItem
 
 log = logging.getLogger(__name__)

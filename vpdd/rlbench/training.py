@@ -3,14 +3,14 @@
 A sequence holds the token grids of **all cameras** (``rlbench.cameras``, in that order) for the history
 (the window ending at step s) and for the target (the window at min(s + future_offset, T - 1)), so the
 video network predicts every view of the future in one sequence: N_v = views x grid tokens. The grids
-come from the multi-view token cache (:mod:`vpdd.tokenizer.multiview`).
+come from the multi-view token cache (:mod:`vpdd.rlbench.tokens`).
 
 * :class:`MultiViewPretrainData` (pre-training): every step of every episode in the cache, actions the
   constant dummy of pre-training (the scheduler's zero action logits make that loss part constant).
 * :class:`KeyframeFinetuneData` (fine-tuning): the first ``demos_per_task`` episodes (by episode number)
   of each task in ``rlbench.tasks``; keyframes from their ``low_dim_obs.pkl`` (read again from the PerAct
-  data, :func:`~vpdd.models.keyframes.discover_keyframes`), the action of step s = the poses of the next
-  ``chunk`` keyframes, coded by a :class:`~vpdd.models.keyframes.PoseActionCoder` fitted on all gripper
+  data, :func:`~vpdd.rlbench.keyframes.discover_keyframes`), the action of step s = the poses of the next
+  ``chunk`` keyframes, coded by a :class:`~vpdd.rlbench.keyframes.PoseActionCoder` fitted on all gripper
   poses of those episodes (saved in the policy checkpoint). Batches spread evenly over tasks.
 
 :func:`train_rlbench_stage` runs :func:`vpdd.train.loop.train_stage` with these sources (its
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from vpdd.data.episodes import DataFormatError
-from vpdd.models.keyframes import PoseActionCoder, discover_keyframes, keyframe_targets
+from vpdd.rlbench.keyframes import PoseActionCoder, discover_keyframes, keyframe_targets
 from vpdd.tokenizer.cache import TokenCache, TokenSource
 from vpdd.train.datasets import SequenceBatch, _rng
 
@@ -137,7 +137,7 @@ class KeyframeFinetuneData(_MultiViewData):
     """Multi-view sequences with keyframe actions of ``demos_per_task`` episodes of each task."""
 
     def __init__(self, cache: TokenCache, data_root: str | Path, rlb, coder: PoseActionCoder | None = None):
-        from vpdd.data.peract import load_episode
+        from vpdd.rlbench.reader import load_episode
 
         if "robot" not in cache:
             raise DataFormatError(f"{cache.root}: no robot tokens (the cache holds {cache.sources})")

@@ -161,7 +161,7 @@ class RLBenchEnv:
 
 def evaluate_keyframes(policy, make_env: Callable[[str], Any], tasks: list[str], episodes: int, seed: int = 0,
                        max_steps: int = 25) -> dict[str, Any]:
-    """Closed-loop success rate of a keyframe policy (``reset(seed)``, ``act(views, instruction)``) on
+    """Closed-loop success rate of a keyframe policy (``reset(seed)``, ``select_action(views, instruction)``) on
     ``episodes`` seeded episodes of each task; environments come from ``make_env(task)``."""
     per_task: dict[str, Any] = {}
     t0 = time.time()
@@ -174,7 +174,7 @@ def evaluate_keyframes(policy, make_env: Callable[[str], Any], tasks: list[str],
                 policy.reset(seed + k)
                 success, steps, error = False, 0, None
                 for steps in range(1, max_steps + 1):  # noqa: B007 (steps is reported)
-                    res = env.step(policy.act(views, env.instruction))
+                    res = env.step(policy.select_action(views, env.instruction))
                     views = res.observation
                     error = res.info.get("error")
                     if res.success or res.terminate:

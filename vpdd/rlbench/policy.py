@@ -1,0 +1,276 @@
+"""``RLBenchPolicy``: a fine-tuned multi-view VPDD policy that predicts keyframe end-effector actions.
+
+The same contract as :class:`~vpdd.policy.VPDDPolicy` (an ``nn.Module``; rollout state in the policy, the
+maths in the inner model and scheduler)::
+
+    policy = RLBenchPolicy.from_pretrained("models/rlbench/policy")
+    policy.reset(seed=0)
+    views = {"front": img, "left_shoulder": img, "right_shoulder": img, "wrist": img}
+    action = policy.select_action(views, "pick up the red block")   # (8,): the next keyframe
+    chunk = policy.predict_action_chunk(views, instruction)         # (chunk, 8): every predicted keyframe
+    out = policy.predict(views, instruction)                        # actions, bins, predicted video tokens
+    loss, info = policy.forward(batch)                              # the training loss (batch untouched)
+    policy.save_pretrained("some/dir")
+
+**Observations** are one uint8 (H, W, 3) image per camera of the checkpoint (``config.json`` ->
+``data.demonstrations.cameras``), at any size: they are resized as the PerAct reader resizes frames
+(centre square crop, bilinear) to the tokenizer's resolution. The policy keeps the last ``encode_window``
+frames of every camera (the first one repeated at an episode start, the token cache's window convention),
+encodes each camera's window with the VQ-VAE and joins the grids view after view: the history of the
+multi-view sequence. One environment at a time (RLBench runs one simulator per process).
+
+**Actions.** One joint reverse diffusion (from all-[MASK]) predicts every view's future clip and
+``chunk`` keyframes of 7 tokens; :class:`~vpdd.rlbench.keyframes.PoseActionCoder` (saved in the checkpoint)
+decodes them to RLBench end-effector actions ``[x, y, z, qx, qy, qz, qw, gripper_open]``, the input of
+RLBench's ``MoveArmThenGripper(EndEffectorPoseViaPlanning(), Discrete())``. :meth:`select_action` executes
+the first ``execute_steps`` keyframes of each chunk from a queue (default 1, PerAct's loop: predict, move to
+the keyframe, observe, predict again) and always records the new frames. ``predict`` and
+``predict_action_chunk`` do not touch the frame history.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vpdd.models.model import diffusion_loss, sample_tokens
+from vpdd.policy.checkpoint import (
+    KIND_POLICY,
+    LINEAGE_FILE,
+    LoadedCheckpoint,
+    load_vpdd_checkpoint,
+    save_vpdd_checkpoint,
+)
+from vpdd.policy.policy import PolicyError
+from vpdd.rlbench.keyframes import DIMS, KIND, PoseActionCoder
+
+ACTION_DIM = 8  # x, y, z, qx, qy, qz, qw, gripper open
+
+
+@dataclass
+class KeyframePrediction:
+    actions: np.ndarray  # (chunk, 8) float32: xyz, quaternion xyzw, gripper open
+    bins: np.ndarray  # (chunk * 7,) int64 action bins
+    video_tokens: torch.Tensor  # (V, t, h, w) predicted future grids, one per camera
+    history_tokens: torch.Tensor  # (V, t, h, w)
+
+
+class RLBenchPolicy(nn.Module):
+    def __init__(self, loaded: LoadedCheckpoint, *, execute_steps: int = 1, sampling_stride: int | None = None,
+                 truncation_r: float | None = None, seed: int = 0, device: str | torch.device = "cpu"):
+        super().__init__()
+        config = copy.deepcopy(loaded.config)
+        demos = (config.get("data") or {}).get("demonstrations") or {}
+        actions = config.get("actions") or {}
+        if config.get("kind") != KIND_POLICY or demos.get("benchmark") != "rlbench" or actions.get("kind") != KIND:
+            raise PolicyError(f"{loaded.path}: not an RLBench keyframe policy (kind {config.get('kind')!r}, "
+                              f"benchmark {demos.get('benchmark')!r}); fine-tune one with `vpdd rlbench finetune`")
+        self.loaded, self.path, self.config = loaded, loaded.path, config
+        self.model, self.tokenizer, self.scheduler, self.table = (loaded.model, loaded.tokenizer, loaded.scheduler,
+                                                                  loaded.table)
+        self.layout = loaded.spec.layout
+        self.coder = PoseActionCoder.from_dict(actions)
+        self.cameras: list[str] = list(demos["cameras"])
+        self.keyframe_heuristic = dict(demos.get("keyframe_heuristic") or {})
+        self.tasks: list[str] = list(demos.get("tasks") or [])
+        self.trained_episodes: list[str] = list(demos.get("episodes") or [])  # the fine-tuning demonstrations
+        tok = config["tokenizer"]["config"]
+        self.window, self.resolution = int(tok["encode_window"]), int(tok["resolution"])
+        self.grid = tuple(int(g) for g in tok["latent_shape"])
+        if not 1 <= execute_steps <= self.chunk:
+            raise PolicyError(f"execute_steps={execute_steps}: expected 1..{self.chunk} (the chunk length)")
+        self.execute_steps = int(execute_steps)
+        self.sampling_stride, self.truncation_r = sampling_stride, truncation_r
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.table.set_encoder_factory(self._text_encoder)
+        self.reset(seed)
+        self.eval()
+
+    # ------------------------------------------------------------------------------ loading/saving
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> RLBenchPolicy:
+        """Load a ``vpdd-policy`` checkpoint written by ``vpdd rlbench finetune``."""
+        return cls(load_vpdd_checkpoint(path, device=device), device=device, **kwargs)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the policy as a checkpoint directory (weights, config, lineage; no training state)."""
+        config = copy.deepcopy(self.config)
+        config["language"]["texts"] = list(self.table.texts)
+        src = self.loaded.checkpoint
+        meta = {"step": src.step, "metrics": src.meta.get("metrics", {}), "saved_from": str(src.path),
+                "source_checkpoint_hash": src.meta.get("checkpoint_hash")}
+        lineage_file = src.path / LINEAGE_FILE
+        lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else None
+        return save_vpdd_checkpoint(path, config=config, model_state=self.model.state_dict(),
+                                    tokenizer_state=self.tokenizer.inference_state_dict(),
+                                    text_vectors=self.table.vectors, meta=meta, lineage=lineage)
+
+    def _text_encoder(self):
+        """The checkpoint's text encoder, for instructions not in its table (refused if the weights differ)."""
+        from vpdd.config.model import LanguageConfig
+        from vpdd.models.language import build_text_encoder, encoder_identity
+
+        lang = self.config["language"]
+        cfg = LanguageConfig(**lang["config"])
+        now = encoder_identity(cfg)
+        if now.get("weights_sha256") != lang.get("weights_sha256") or now["dim"] != lang["dim"]:
+            raise PolicyError(f"cannot embed a new instruction: the text encoder here ({now}) is not the one the "
+                              "policy was trained with")
+        return build_text_encoder(cfg)
+
+    @property
+    def chunk(self) -> int:
+        return self.coder.chunk
+
+    # --------------------------------------------------------------------------------- episode state
+    def reset(self, seed: int | None = None) -> None:
+        """A new episode: forget the frame history and the queued keyframes; reseed when ``seed`` is given."""
+        self._frames: dict[str, deque[np.ndarray]] = {c: deque(maxlen=self.window) for c in self.cameras}
+        self._queue: deque[np.ndarray] = deque()
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+
+    @property
+    def queued_actions(self) -> int:
+        """Keyframes left from the last predicted chunk; 0 means the next ``select_action`` predicts."""
+        return len(self._queue)
+
+    def _views(self, views: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from vpdd.rlbench.reader import PerActFormatError, resize_frame
+
+        if not isinstance(views, Mapping):
+            raise PolicyError(f"observation: expected {{camera: uint8 (H, W, 3) image}} for {self.cameras}, got "
+                              f"{type(views).__name__}")
+        missing = [c for c in self.cameras if c not in views]
+        if missing:
+            raise PolicyError(f"observation: missing cameras {missing}; this policy reads {self.cameras}")
+        try:
+            return {c: resize_frame(views[c], self.resolution) for c in self.cameras}
+        except PerActFormatError as err:
+            raise PolicyError(f"observation: {err}") from None
+
+    def observe(self, views: Mapping[str, np.ndarray]) -> None:
+        """Record one frame per camera without acting (e.g. frames seen before the policy takes over)."""
+        for c, frame in self._views(views).items():
+            self._frames[c].append(frame)
+
+    def _windows(self, frames: dict[str, np.ndarray], record: bool) -> np.ndarray:
+        out = []
+        for c in self.cameras:
+            seen = [*self._frames[c], frames[c]][-self.window:]
+            out.append(np.stack([seen[0]] * (self.window - len(seen)) + seen))
+        if record:
+            for c in self.cameras:
+                self._frames[c].append(frames[c])
+        return np.stack(out)  # (V, W, H, W, 3)
+
+    # -------------------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def _predict(self, windows: np.ndarray, instruction: str) -> KeyframePrediction:
+        from vpdd.tokenizer.model import to_model_input
+
+        clips = to_model_input(torch.from_numpy(np.ascontiguousarray(windows)).to(self.device))
+        history = self.tokenizer.encode(clips)  # (V, t, h, w)
+        lang = self.table.lookup([instruction]).to(self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            x = sample_tokens(self.model, self.scheduler, history.reshape(1, -1), lang, self.generator,
+                              stride=self.sampling_stride, truncation_r=self.truncation_r)
+        finally:
+            self.model.train(was_training)
+        video, action = self.layout.split(x)
+        bins = self.layout.tokens_to_actions(action).cpu().numpy()[0]
+        return KeyframePrediction(self.coder.decode_chunk_poses(bins), bins,
+                                  video.reshape(len(self.cameras), *self.grid), history)
+
+    @staticmethod
+    def _instruction(instruction: str) -> str:
+        if not isinstance(instruction, str):
+            raise PolicyError(f"instruction: expected one string (one environment), got {type(instruction).__name__}")
+        return instruction
+
+    def predict(self, views: Mapping[str, np.ndarray], instruction: str) -> KeyframePrediction:
+        """One joint sample of every view's future and ``chunk`` keyframes (does not touch the frame history)."""
+        return self._predict(self._windows(self._views(views), record=False), self._instruction(instruction))
+
+    def predict_action_chunk(self, views: Mapping[str, np.ndarray], instruction: str) -> np.ndarray:
+        """The predicted keyframes, (chunk, 8) float32 (does not touch the frame history)."""
+        return self.predict(views, instruction).actions
+
+    def select_action(self, views: Mapping[str, np.ndarray], instruction: str) -> np.ndarray:
+        """The next keyframe action (8,) float32: from the queue, or a new chunk when it is empty."""
+        windows = self._windows(self._views(views), record=True)
+        if not self._queue:
+            chunk = self._predict(windows, self._instruction(instruction)).actions
+            self._queue.extend(chunk[: self.execute_steps])
+        return self._queue.popleft()
+
+    # --------------------------------------------------------------------------------------- training
+    def _tokens(self, batch: dict[str, Any], key: str) -> torch.Tensor:
+        from vpdd.tokenizer.model import to_model_input
+
+        if key in batch:
+            tokens = torch.as_tensor(batch[key]).to(self.device, torch.long)
+            tokens = tokens.reshape(len(tokens), -1)
+        else:
+            frames = batch.get(f"{key}_frames")
+            if frames is None:
+                raise PolicyError(f"batch: expected '{key}' tokens (B, views, t, h, w) or '{key}_frames' uint8 "
+                                  f"windows (B, views, {self.window}, {self.resolution}, {self.resolution}, 3)")
+            frames = np.asarray(frames)
+            want = (len(self.cameras), self.window, self.resolution, self.resolution, 3)
+            if frames.dtype != np.uint8 or frames.ndim != 6 or frames.shape[1:] != want:
+                raise PolicyError(f"batch['{key}_frames']: expected uint8 (B, {', '.join(map(str, want))}) "
+                                  f"(views in the order {self.cameras}), got {frames.dtype} {frames.shape}")
+            flat = np.ascontiguousarray(frames.reshape(-1, *want[1:]))
+            with torch.no_grad():
+                tokens = self.tokenizer.encode(to_model_input(torch.from_numpy(flat).to(self.device)))
+            tokens = tokens.reshape(len(frames), -1)  # the views one after another, as the token cache's pairs
+        if tokens.shape[1] != self.layout.n_video_tokens:
+            raise PolicyError(f"batch['{key}']: {tokens.shape[1]} video tokens per sample, expected "
+                              f"{self.layout.n_video_tokens} ({len(self.cameras)} views x {self.grid})")
+        return tokens
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The diffusion training loss of a batch (never modified):
+
+        ``history``/``target``: (B, V, t, h, w) or (B, N_v) multi-view tokens (or ``history_frames`` /
+        ``target_frames``: uint8 windows (B, V, W, S, S, 3) to encode, views in ``cameras`` order);
+        ``actions``: (B, chunk, 8) RLBench keyframe actions or ``action_bins``: (B, chunk * 7) bins;
+        ``instruction``: B strings or ``lang``: (B, L) embeddings; optional ``generator``. Updates the
+        scheduler's importance-sampling history only in training mode."""
+        history, target = self._tokens(batch, "history"), self._tokens(batch, "target")
+        n = history.shape[0]
+        if "action_bins" in batch:
+            bins = torch.as_tensor(batch["action_bins"]).to(self.device, torch.long).reshape(n, -1)
+        elif "actions" in batch:
+            a = np.asarray(batch["actions"], dtype=np.float64)
+            if a.shape != (n, self.chunk, ACTION_DIM):
+                raise PolicyError(f"batch['actions']: expected ({n}, {self.chunk}, {ACTION_DIM}) keyframe actions "
+                                  f"[x, y, z, qx, qy, qz, qw, gripper_open], got {a.shape}")
+            bins = torch.from_numpy(self.coder.encode_pose(a[..., :7], a[..., 7]).reshape(n, -1)).to(self.device)
+        else:
+            raise PolicyError(f"batch: expected 'actions' ({n}, {self.chunk}, {ACTION_DIM}) or 'action_bins' "
+                              f"({n}, {self.chunk * len(DIMS)})")
+        if "lang" in batch:
+            lang = torch.as_tensor(batch["lang"]).to(self.device, torch.float32)
+        else:
+            texts = batch["instruction"]
+            texts = [texts] * n if isinstance(texts, str) else list(texts)
+            if len(texts) != n:
+                raise PolicyError(f"batch: {len(texts)} instructions for {n} samples")
+            lang = self.table.lookup(texts).to(self.device)
+        x0 = torch.cat([target, self.layout.actions_to_tokens(bins)], dim=1)
+        return diffusion_loss(self.model, self.scheduler, x0, history, lang, batch.get("generator"),
+                              update_history=self.training)
