@@ -388,14 +388,12 @@ def publish_eval(repo: Path = REPO) -> list[str]:
 
 
 def lineage_markdown(repo: Path, run: dict[str, Any] | None) -> str:
-    """The chain data -> outputs for the stages of this run, from data.dvc and dvc.lock, plus the lineage of
-    every output that carries a lineage.json (e.g. a policy checkpoint)."""
-    from vpdd import lineage
+    """This run (flow run, command, DVC experiment) over the chain data -> outputs of its stages, from
+    data.dvc and dvc.lock, with the record of every output that carries one (vpdd.lineage.render)."""
+    from vpdd.lineage import data_version, outputs_markdown
     from vpdd.utils.machine import git_commit
 
-    stages = stage_names(repo)
-    outs = lineage.lock_outputs(lineage.read_dvc_lock(repo))
-    data = lineage.data_version(repo)
+    data = data_version(repo)
     git = git_commit(str(repo))
     lines = ["# vpdd lineage", "",
              f"- raw data (data.dvc): `{data['md5'] if data else '-'}`",
@@ -405,38 +403,8 @@ def lineage_markdown(repo: Path, run: dict[str, Any] | None) -> str:
         lines += [f"- command: `{' '.join(run['command'])}`",
                   f"- DVC experiment: `{run.get('experiment') or '-'}`",
                   f"- ran: {', '.join(run['ran']) or 'nothing (all up to date)'}"]
-    lines += ["", "| stage | output | md5 (dvc.lock) |", "| --- | --- | --- |"]
-    shown = run["stages"] if run and run.get("stages") else list(stages)
-    for name in shown:
-        for out in stages[name].outs if name in stages else []:
-            if out in outs:
-                lines.append(f"| {name} | `{out}` | `{outs[out]['md5']}` |")
-    for out in outs:
-        if outs[out]["stage"] in shown and (repo / out).is_dir():
-            lines += _output_lineage(repo, out)
+    lines += ["", *outputs_markdown(repo, run.get("stages") if run else None)]
     return "\n".join(lines) + "\n"
-
-
-def _output_lineage(repo: Path, out: str) -> list[str]:
-    """Markdown for one output's lineage record (lineage.json, else the copy in model.safetensors), with a
-    warning when the two copies disagree; nothing for an output without a record."""
-    from vpdd import lineage
-
-    try:
-        sources = lineage.lineage_sources(repo / out)
-    except ValueError as err:  # a damaged record must not fail the run that reports it
-        return ["", f"**{out}: lineage record unreadable:** {err}"]
-    first, second = sources[lineage.LINEAGE_FILE], sources[lineage.WEIGHTS_FILE]
-    record = first if first is not None else second
-    if record is None:
-        return []
-    lines = ["", lineage.lineage_markdown(record, lineage.lock_stage_for(repo, out)).rstrip("\n")]
-    if first is None:
-        lines += ["", f"(no `{lineage.LINEAGE_FILE}` in `{out}`: read from the `{lineage.WEIGHTS_FILE}` metadata)"]
-    elif second is not None and (diff := lineage.compare_records(first, second)):
-        lines += ["", f"**MISMATCH:** `{out}/{lineage.LINEAGE_FILE}` and the `{lineage.WEIGHTS_FILE}` metadata "
-                      "differ:", *[f"- {d}" for d in diff[:20]]]
-    return lines
 
 
 @task(name="publish-lineage", cache_policy=NONE)

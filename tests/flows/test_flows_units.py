@@ -54,6 +54,37 @@ def test_prefect_yaml_entrypoints_are_the_served_flows():
     assert "set_working_directory" in str(doc["pull"])
 
 
+@pytest.fixture(scope="module")
+def pipeline_flow(dvc_tasks):
+    sys.path.insert(0, str(FLOWS))
+    try:
+        spec = importlib.util.spec_from_file_location("pipeline_flow", FLOWS / "pipeline_flow.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(FLOWS))
+
+
+def test_the_flow_factory_keeps_names_entrypoints_and_parameters(pipeline_flow, monkeypatch):
+    """One factory makes the DVC flows; what Prefect users see (flow names, the entrypoint a deployment
+    records, the parameters and their defaults) is what the five hand-written flow files had."""
+    monkeypatch.chdir(FLOWS.parent)
+    stage_params = {"overrides": None, "exp_name": None, "force": False, "fetch": True, "push": False}
+    expected = {"vpdd-data": stage_params, "vpdd-tokenize": stage_params, "vpdd-pretrain": stage_params,
+                "vpdd-finetune": stage_params, "vpdd-evaluate": stage_params,
+                "vpdd-pipeline": {"overrides": None, "exp_name": None, "targets": None, "force": False,
+                                  "fetch": True, "push": False}}
+    assert {f.name for f in pipeline_flow.FLOWS} == set(expected)
+    for f in pipeline_flow.FLOWS:
+        attr = f.name.removeprefix("vpdd-") + "_flow"
+        assert getattr(pipeline_flow, attr) is f
+        assert f.to_deployment(name="t").entrypoint == f"flows/pipeline_flow.py:{attr}"
+        props = f.parameters.properties
+        assert {k: v.get("default") for k, v in props.items()} == expected[f.name], f.name
+        assert list(props) == list(expected[f.name]) and f.description
+
+
 def test_dvc_command_is_repro_without_overrides_and_a_named_experiment_with(dvc_tasks):
     assert dvc_tasks.dvc_command(["tokenize"], None, None, False) == ["dvc", "repro", "tokenize"]
     assert dvc_tasks.dvc_command([], [], "x", True) == ["dvc", "repro", "-f"]
