@@ -82,11 +82,11 @@ def _imports(path: Path, nodes: list[ast.AST], type_checking: bool = False) -> l
                 anchor = package.split(".")
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join([*anchor, *([node.module] if node.module else [])])
+            names = set()  # `from a import x, y` of two names in a/__init__.py is one import of `a`
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                target = module_file(sub) if alias.name != "*" else None
-                name = sub if target is not None else base
-                found.append(Import(path, node.lineno, name, target or module_file(base), type_checking))
+                names.add(sub if alias.name != "*" and module_file(sub) is not None else base)
+            found += [Import(path, node.lineno, n, module_file(n), type_checking) for n in sorted(names)]
         found += _imports(path, list(ast.iter_child_nodes(node)), type_checking) if not isinstance(
             node, (ast.Import, ast.ImportFrom)) else []
     return found
