@@ -1,7 +1,7 @@
 """The DVC flows: ``vpdd-pipeline`` (whatever ``dvc repro`` runs) and one flow per group of stages, all made
 by one factory, :func:`dvc_flow`.
 
-Every flow does the same (:func:`dvc_tasks.stage_flow_body`): ``vpdd data fetch`` first (idempotent,
+Every flow does the same (:func:`stage_flow_body`): ``vpdd data fetch`` first (idempotent,
 retried), then ``dvc repro STAGES`` (or, with ``overrides``, ``dvc exp run -n EXP -S key=value ... STAGES``),
 then a metrics table per stage, links to plots, the per-task success table where evaluation results exist,
 the lineage markdown, and optionally ``dvc push``. They differ only in the stages they run:
@@ -26,9 +26,37 @@ deployment with ``python flows/pipeline_flow.py [FLOW]`` (default ``vpdd-pipelin
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
-from dvc_tasks import stage_flow_body
+from artifacts_tasks import publish_eval, publish_lineage, publish_stage_artifacts
+from dvc_tasks import REPO, dvc_push, fetch_data, run_stages
 from prefect import Flow, flow
+
+
+def stage_flow_body(stages: list[str], overrides: list[str] | None, exp_name: str | None, force: bool,
+                    fetch: bool, push: bool, evaluation: bool = False, repo: Path = REPO) -> dict[str, Any]:
+    """What every flow does: fetch data, run the stages through DVC, publish artifacts, push.
+
+    - ``stages``: the DVC stages to run (with what they depend on); empty: the whole pipeline;
+    - ``overrides``: params.yaml overrides ``["key=value", ...]``; with any, the run is a named DVC experiment
+      (``dvc exp run -n EXP -S key=value ... STAGES``), otherwise ``dvc repro STAGES``;
+    - ``exp_name``: the experiment's name (default: the Prefect flow run's name, e.g. ``cordial-cuckoo``);
+    - ``force``: re-run the stages even if DVC finds them up to date (``-f``);
+    - ``fetch``: first make data/ match data.dvc (``vpdd data fetch``; idempotent, retried);
+    - ``push``: ``dvc push`` afterwards (retried);
+    - ``evaluation``: also publish the per-task success table and rollout-video links.
+    """
+    if fetch:
+        fetch_data(repo)
+    run = run_stages(stages, overrides, exp_name, force, repo)
+    keys = publish_stage_artifacts(stages or run["stages"], repo)
+    if evaluation:
+        keys += publish_eval(repo)
+    keys.append(publish_lineage(run, repo))
+    if push:
+        dvc_push(None, repo)
+    return {**run, "artifacts": keys}
 
 
 def dvc_flow(name: str, stages: list[str] | None, description: str, evaluation: bool = False) -> Flow:

@@ -78,3 +78,10 @@ def test_stage_deps_cover_the_code_its_command_imports(stage):
     missing = sorted(p.relative_to(REPO).as_posix() for p in stage_code(info.cmd) if not covered(p, info.deps))
     assert not missing, (f"dvc.yaml stage {stage!r} (`{info.cmd.split(' --')[0]}`) runs code no dep covers; add "
                          f"to its deps: {missing}")
+
+
+def test_code_deps_exist():
+    """A dep on moved or deleted code makes `dvc repro` fail; name it here first."""
+    gone = sorted({f"{name}: {d}" for name, s in STAGES.items() for d in s.deps
+                   if d.startswith(("vpdd/", "kernels/")) and not (REPO / d).exists()})
+    assert not gone, "dvc.yaml deps on code that does not exist:\n" + "\n".join(gone)
