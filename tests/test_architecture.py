@@ -134,20 +134,23 @@ def test_kernels_import_only_stdlib_torch_triton_numpy():
     assert not bad, "vpdd_kernels imports beyond the standard library, torch, triton and numpy:\n" + "\n".join(bad)
 
 
-def test_the_import_graph_sees_lazy_and_relative_imports(tmp_path):
-    """The walker itself: function-level imports count, TYPE_CHECKING ones are marked, ``from . import x``
-    resolves, and a module of a package wins over a name in its ``__init__``."""
+def test_the_import_graph_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
+    """The walker itself, on a small package tree: function-level imports count, TYPE_CHECKING ones are
+    marked, ``from . import x`` resolves, and a module of a package wins over a name in its ``__init__``."""
     g = _graph()
-    imports = {(i.name, i.type_checking) for i in g.imports_of(REPO / "vpdd/cli/train.py")}
-    assert ("vpdd.train.loop", False) in imports  # imported inside _train
-    source = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from vpdd.models import model\n"
-              "def f():\n    from . import common\n    from vpdd.lineage import build_lineage\n")
-    probe = REPO / "vpdd/cli/_probe_for_test.py"
-    probe.write_text(source)
-    try:
-        found = {(i.name, i.type_checking, i.target) for i in g.imports_of(probe)}
-    finally:
-        probe.unlink()
-    assert ("vpdd.models.model", True, REPO / "vpdd/models/model.py") in found
-    assert ("vpdd.cli.common", False, REPO / "vpdd/cli/common.py") in found
-    assert ("vpdd.lineage", False, REPO / "vpdd/lineage/__init__.py") in found
+    assert ("vpdd.train.loop", False) in {(i.name, i.type_checking) for i in g.imports_of(REPO / "vpdd/cli/train.py")}
+    root = tmp_path / "vpdd"
+    for rel in ("__init__.py", "cli/__init__.py", "cli/common.py", "models/__init__.py", "models/model.py",
+                "lineage/__init__.py"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("")
+    probe = root / "cli" / "probe.py"
+    probe.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from vpdd.models import model\n"
+                     "def f():\n    from . import common\n    from vpdd.lineage import build_lineage, read_lineage\n")
+    monkeypatch.setitem(g.ROOTS, "vpdd", root)
+    found = [(i.name, i.type_checking, i.target) for i in g.imports_of(probe)]
+    assert ("vpdd.models.model", True, root / "models/model.py") in found
+    assert ("vpdd.cli.common", False, root / "cli/common.py") in found
+    assert [f for f in found if f[0] == "vpdd.lineage"] == [("vpdd.lineage", False, root / "lineage/__init__.py")]
+    assert g.closure({probe}) == {probe, root / "__init__.py", root / "cli/__init__.py", root / "cli/common.py",
+                                  root / "lineage/__init__.py"}  # the TYPE_CHECKING import is not followed
