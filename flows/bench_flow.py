@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dvc_tasks import MAX_TABLE_ROWS, REPO, StageFailed, artifact_key, link_files, stream_command
+from artifacts_tasks import MAX_TABLE_ROWS, link_files
+from dvc_tasks import REPO, StageFailed, artifact_key, stream_command
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE

@@ -1,4 +1,4 @@
-"""Tasks shared by the vpdd flows: run DVC and the vpdd CLI with streamed logs, and publish artifacts.
+"""Tasks shared by the vpdd flows: run DVC and the vpdd CLI with streamed logs (artifacts: artifacts_tasks.py).
 
 Prefect sits on top of DVC and caches nothing itself: DVC decides what is stale, so every task that runs
 DVC has ``cache_policy=NONE``. Only idempotent steps retry (``vpdd data fetch``, ``dvc pull``, ``dvc push``);
@@ -16,7 +16,6 @@ shadow a standard-library or installed module (a test checks this).
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import re
@@ -29,20 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import (
-    create_link_artifact,
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 REPO = Path(__file__).resolve().parents[1]
 TAIL_LINES = 40
-MAX_TABLE_ROWS = 200
-MEDIA_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".mp4", ".webm", ".html")
 
 _STAGE_LINE = re.compile(
     r"Running stage '(?P<run>[^']+)'|Stage '(?P<skip>[^']+)' (?:didn't change|is cached)"
@@ -246,227 +237,3 @@ def dvc_pull(targets: list[str] | None = None, repo: Path = REPO) -> str:
 @task(name="dvc-push", tags=["dvc"], cache_policy=NONE, retries=2, retry_delay_seconds=[10, 60])
 def dvc_push(targets: list[str] | None = None, repo: Path = REPO) -> str:
     return _simple("dvc push", ["dvc", "push", *(targets or [])], repo)
-
-
-# ------------------------------------------------------------------------------------------- artifacts
-
-
-def _flatten(prefix: str, node: Any, rows: list[tuple[str, Any]]) -> None:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, rows)
-    elif isinstance(node, list) and len(node) > 8:
-        rows.append((prefix, f"[{len(node)} values]"))
-    else:
-        rows.append((prefix, node if isinstance(node, (int, float, str, bool)) or node is None else json.dumps(node)))
-
-
-@task(name="publish-stage-artifacts", cache_policy=NONE)
-def publish_stage_artifacts(stages: list[str], repo: Path = REPO) -> list[str]:
-    """A metrics table per stage (its metrics JSON files in dvc.yaml) and a link per plot file."""
-    logger = get_run_logger()
-    known = stage_names(repo)
-    keys: list[str] = []
-    for name in stages:
-        info = known.get(name)
-        if info is None:
-            continue
-        rows: list[dict[str, Any]] = []
-        for rel in info.metrics:
-            path = repo / rel
-            if not path.is_file():
-                logger.info("stage %s: metrics file %s does not exist (yet)", name, rel)
-                continue
-            flat: list[tuple[str, Any]] = []
-            try:
-                _flatten("", json.loads(path.read_text()), flat)
-            except json.JSONDecodeError as err:
-                logger.warning("stage %s: %s is not JSON (%s)", name, rel, err)
-                continue
-            rows += [{"file": rel, "metric": k, "value": v} for k, v in flat]
-        if rows:
-            key = artifact_key("metrics", name)
-            create_table_artifact(rows[:MAX_TABLE_ROWS], key=key,
-                                  description=f"Metrics of DVC stage `{name}` ({', '.join(info.metrics)})")
-            keys.append(key)
-        for rel in info.plots:
-            keys += link_files(repo, rel, f"plot of stage `{name}`")
-    return keys
-
-
-def link_files(repo: Path, rel: str, what: str, limit: int = 12) -> list[str]:
-    """Link artifacts (``file://`` URLs on the machine that ran the flow) for a file or a folder's media."""
-    path = repo / rel
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES)[:limit]
-        targets = files or [path]
-    elif path.exists():
-        targets = [path]
-    else:
-        return []
-    keys = []
-    for p in targets:
-        relp = p.relative_to(repo).as_posix()
-        key = artifact_key("file", relp)
-        create_link_artifact(p.resolve().as_uri(), link_text=relp, key=key, description=f"{what}: `{relp}`")
-        keys.append(key)
-    return keys
-
-
-def _ci(value: Any) -> tuple[Any, Any]:
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return value[0], value[1]
-    return None, None
-
-
-def eval_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows ``{"task", "success", "ci95_low", "ci95_high", "successes", "episodes"}`` of an evaluation
-    metrics file, one per task and a last ``mean`` row.
-
-    The shape ``vpdd eval`` writes (results/eval/metrics.json)::
-
-        {"mean_success": 0.4, "ci95": [lo, hi], "episodes": 20,
-         "tasks": {task: {"success": 0.5, "ci95": [lo, hi], "episodes": 10, "successes": 5}, ...}, ...}
-
-    Also read: ``success_rate`` for ``success``, ``per_task`` for ``tasks``, a bare number per task, and
-    ``mean_success_rate`` for ``mean_success``. A file without per-task results gives no rows.
-    """
-    per_task = metrics.get("tasks") or metrics.get("per_task") or {}
-    if not isinstance(per_task, dict):
-        return []
-    rows = []
-    for name, value in per_task.items():
-        value = value if isinstance(value, dict) else {"success": value}
-        lo, hi = _ci(value.get("ci95"))
-        rows.append({"task": name, "success": value.get("success", value.get("success_rate")),
-                     "ci95_low": lo, "ci95_high": hi, "successes": value.get("successes"),
-                     "episodes": value.get("episodes")})
-    if rows:
-        mean = metrics.get("mean_success", metrics.get("mean_success_rate"))
-        if mean is None:
-            rates = [r["success"] for r in rows if isinstance(r["success"], (int, float))]
-            mean = sum(rates) / len(rates) if rates else None
-        lo, hi = _ci(metrics.get("ci95"))
-        counted = [r["successes"] for r in rows if isinstance(r["successes"], int)]
-        episodes = metrics.get("episodes")
-        if episodes is None:
-            episodes = sum(r["episodes"] or 0 for r in rows) or None
-        rows.append({"task": "mean", "success": mean, "ci95_low": lo, "ci95_high": hi,
-                     "successes": sum(counted) if len(counted) == len(rows) else None, "episodes": episodes})
-    return rows
-
-
-@task(name="publish-eval", cache_policy=NONE)
-def publish_eval(repo: Path = REPO) -> list[str]:
-    """The per-task success table (results/eval/**/metrics.json) and links to rollout videos, if any."""
-    logger = get_run_logger()
-    known = stage_names(repo)
-    files = [repo / m for m in known["evaluate"].metrics] if "evaluate" in known else []
-    files = [f for f in files if f.is_file()] or sorted((repo / "results" / "eval").glob("**/metrics.json"))
-    if not files:
-        logger.info("no evaluation results yet (results/eval/metrics.json); no success table")
-        return []
-    keys = []
-    for f in files:
-        rel = f.relative_to(repo).as_posix()
-        try:
-            doc = json.loads(f.read_text())
-        except json.JSONDecodeError as err:
-            logger.warning("%s is not JSON (%s); no success table from it", rel, err)
-            continue
-        rows = eval_rows(doc) if isinstance(doc, dict) else []
-        if not rows:
-            logger.warning("%s has no per-task results", rel)
-            continue
-        bench = f.parent.name if f.parent.name != "eval" else "eval"
-        key = artifact_key("success", bench)
-        create_table_artifact(rows, key=key, description=f"Per-task success rate (95% CI) from `{rel}`")
-        keys.append(key)
-    if (repo / "results" / "eval").is_dir():
-        keys += link_files(repo, "results/eval", "rollout video")
-    return keys
-
-
-def lineage_markdown(repo: Path, run: dict[str, Any] | None) -> str:
-    """The chain data -> outputs for the stages of this run, from data.dvc and dvc.lock, plus the lineage of
-    every output that carries a lineage.json (e.g. a policy checkpoint)."""
-    from vpdd import lineage
-    from vpdd.utils.machine import git_commit
-
-    stages = stage_names(repo)
-    outs = lineage.lock_outputs(lineage.read_dvc_lock(repo))
-    data = lineage.data_version(repo)
-    git = git_commit(str(repo))
-    lines = ["# vpdd lineage", "",
-             f"- raw data (data.dvc): `{data['md5'] if data else '-'}`",
-             f"- git: `{git.get('commit') or '-'}`{' (dirty)' if git.get('dirty') else ''}",
-             f"- Prefect flow run: `{flow_run.get_id() or '-'}` ({flow_run.get_name() or '-'})"]
-    if run:
-        lines += [f"- command: `{' '.join(run['command'])}`",
-                  f"- DVC experiment: `{run.get('experiment') or '-'}`",
-                  f"- ran: {', '.join(run['ran']) or 'nothing (all up to date)'}"]
-    lines += ["", "| stage | output | md5 (dvc.lock) |", "| --- | --- | --- |"]
-    shown = run["stages"] if run and run.get("stages") else list(stages)
-    for name in shown:
-        for out in stages[name].outs if name in stages else []:
-            if out in outs:
-                lines.append(f"| {name} | `{out}` | `{outs[out]['md5']}` |")
-    for out in outs:
-        if outs[out]["stage"] in shown and (repo / out).is_dir():
-            lines += _output_lineage(repo, out)
-    return "\n".join(lines) + "\n"
-
-
-def _output_lineage(repo: Path, out: str) -> list[str]:
-    """Markdown for one output's lineage record (lineage.json, else the copy in model.safetensors), with a
-    warning when the two copies disagree; nothing for an output without a record."""
-    from vpdd import lineage
-
-    try:
-        sources = lineage.lineage_sources(repo / out)
-    except ValueError as err:  # a damaged record must not fail the run that reports it
-        return ["", f"**{out}: lineage record unreadable:** {err}"]
-    first, second = sources[lineage.LINEAGE_FILE], sources[lineage.WEIGHTS_FILE]
-    record = first if first is not None else second
-    if record is None:
-        return []
-    lines = ["", lineage.lineage_markdown(record, lineage.lock_stage_for(repo, out)).rstrip("\n")]
-    if first is None:
-        lines += ["", f"(no `{lineage.LINEAGE_FILE}` in `{out}`: read from the `{lineage.WEIGHTS_FILE}` metadata)"]
-    elif second is not None and (diff := lineage.compare_records(first, second)):
-        lines += ["", f"**MISMATCH:** `{out}/{lineage.LINEAGE_FILE}` and the `{lineage.WEIGHTS_FILE}` metadata "
-                      "differ:", *[f"- {d}" for d in diff[:20]]]
-    return lines
-
-
-@task(name="publish-lineage", cache_policy=NONE)
-def publish_lineage(run: dict[str, Any] | None, repo: Path = REPO) -> str:
-    key = "lineage"
-    create_markdown_artifact(lineage_markdown(repo, run), key=key,
-                             description="Raw-data version -> DVC outputs of this run (data.dvc, dvc.lock)")
-    return key
-
-
-def stage_flow_body(stages: list[str], overrides: list[str] | None, exp_name: str | None, force: bool,
-                    fetch: bool, push: bool, evaluation: bool = False, repo: Path = REPO) -> dict[str, Any]:
-    """What every flow does: fetch data, run the stages through DVC, publish artifacts, push.
-
-    - ``stages``: the DVC stages to run (with what they depend on); empty: the whole pipeline;
-    - ``overrides``: params.yaml overrides ``["key=value", ...]``; with any, the run is a named DVC experiment
-      (``dvc exp run -n EXP -S key=value ... STAGES``), otherwise ``dvc repro STAGES``;
-    - ``exp_name``: the experiment's name (default: the Prefect flow run's name, e.g. ``cordial-cuckoo``);
-    - ``force``: re-run the stages even if DVC finds them up to date (``-f``);
-    - ``fetch``: first make data/ match data.dvc (``vpdd data fetch``; idempotent, retried);
-    - ``push``: ``dvc push`` afterwards (retried);
-    - ``evaluation``: also publish the per-task success table and rollout-video links.
-    """
-    if fetch:
-        fetch_data(repo)
-    run = run_stages(stages, overrides, exp_name, force, repo)
-    keys = publish_stage_artifacts(stages or run["stages"], repo)
-    if evaluation:
-        keys += publish_eval(repo)
-    keys.append(publish_lineage(run, repo))
-    if push:
-        dvc_push(None, repo)
-    return {**run, "artifacts": keys}

@@ -21,12 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def deployments(name: str) -> list:
     from bench_flow import bench_kernels_flow
-    from data_flow import data_flow
-    from evaluate_flow import evaluate_flow
-    from finetune_flow import finetune_flow
-    from pipeline_flow import pipeline_flow
-    from pretrain_flow import pretrain_flow
-    from tokenize_flow import tokenize_flow
+    from pipeline_flow import data_flow, evaluate_flow, finetune_flow, pipeline_flow, pretrain_flow, tokenize_flow
 
     flows = (data_flow, tokenize_flow, pretrain_flow, finetune_flow, evaluate_flow, bench_kernels_flow,
              pipeline_flow)

@@ -54,6 +54,49 @@ def test_prefect_yaml_entrypoints_are_the_served_flows():
     assert "set_working_directory" in str(doc["pull"])
 
 
+@pytest.fixture(scope="module")
+def artifacts_tasks(dvc_tasks):
+    sys.path.insert(0, str(FLOWS))
+    try:
+        spec = importlib.util.spec_from_file_location("artifacts_tasks", FLOWS / "artifacts_tasks.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(FLOWS))
+
+
+@pytest.fixture(scope="module")
+def pipeline_flow(dvc_tasks):
+    sys.path.insert(0, str(FLOWS))
+    try:
+        spec = importlib.util.spec_from_file_location("pipeline_flow", FLOWS / "pipeline_flow.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(FLOWS))
+
+
+def test_the_flow_factory_keeps_names_entrypoints_and_parameters(pipeline_flow, monkeypatch):
+    """One factory makes the DVC flows; what Prefect users see (flow names, the entrypoint a deployment
+    records, the parameters and their defaults) is what the five hand-written flow files had."""
+    monkeypatch.chdir(FLOWS.parent)
+    stage_params = {"overrides": None, "exp_name": None, "force": False, "fetch": True, "push": False}
+    expected = {"vpdd-data": stage_params, "vpdd-tokenize": stage_params, "vpdd-pretrain": stage_params,
+                "vpdd-finetune": stage_params, "vpdd-evaluate": stage_params,
+                "vpdd-pipeline": {"overrides": None, "exp_name": None, "targets": None, "force": False,
+                                  "fetch": True, "push": False}}
+    assert {f.name for f in pipeline_flow.FLOWS} == set(expected)
+    for f in pipeline_flow.FLOWS:
+        attr = f.name.removeprefix("vpdd-") + "_flow"
+        assert getattr(pipeline_flow, attr) is f
+        assert f.to_deployment(name="t").entrypoint == f"flows/pipeline_flow.py:{attr}"
+        props = f.parameters.properties
+        assert {k: v.get("default") for k, v in props.items()} == expected[f.name], f.name
+        assert list(props) == list(expected[f.name]) and f.description
+
+
 def test_dvc_command_is_repro_without_overrides_and_a_named_experiment_with(dvc_tasks):
     assert dvc_tasks.dvc_command(["tokenize"], None, None, False) == ["dvc", "repro", "tokenize"]
     assert dvc_tasks.dvc_command([], [], "x", True) == ["dvc", "repro", "-f"]
@@ -63,13 +106,13 @@ def test_dvc_command_is_repro_without_overrides_and_a_named_experiment_with(dvc_
         dvc_tasks.dvc_command(["pretrain"], ["pretrain.steps"], None, False)
 
 
-def test_eval_rows_read_the_metrics_file_of_vpdd_eval(dvc_tasks, tmp_path):
+def test_eval_rows_read_the_metrics_file_of_vpdd_eval(artifacts_tasks, tmp_path):
     """The shape `vpdd eval` writes to results/eval/metrics.json, read from a hand-written file."""
     doc = {"mean_success": 0.6, "ci95": [0.35, 0.81], "episodes": 15, "seed": 3,
            "tasks": {"drawer-close-v3": {"success": 0.8, "ci95": [0.38, 0.96], "episodes": 10, "successes": 8},
                      "reach-v3": {"success": 0.2, "ci95": [0.04, 0.62], "episodes": 5, "successes": 1}}}
     (tmp_path / "metrics.json").write_text(json.dumps(doc))
-    rows = dvc_tasks.eval_rows(json.loads((tmp_path / "metrics.json").read_text()))
+    rows = artifacts_tasks.eval_rows(json.loads((tmp_path / "metrics.json").read_text()))
     assert rows == [
         {"task": "drawer-close-v3", "success": 0.8, "ci95_low": 0.38, "ci95_high": 0.96, "successes": 8,
          "episodes": 10},
@@ -78,14 +121,14 @@ def test_eval_rows_read_the_metrics_file_of_vpdd_eval(dvc_tasks, tmp_path):
     ]
 
 
-def test_eval_rows_accept_older_shapes_and_ignore_files_without_tasks(dvc_tasks):
-    nested = dvc_tasks.eval_rows({"per_task": {"a": {"success_rate": 0.5, "episodes": 10},
+def test_eval_rows_accept_older_shapes_and_ignore_files_without_tasks(artifacts_tasks):
+    nested = artifacts_tasks.eval_rows({"per_task": {"a": {"success_rate": 0.5, "episodes": 10},
                                                "b": {"success_rate": 1.0, "episodes": 10}}})
     assert nested[-1] == {"task": "mean", "success": 0.75, "ci95_low": None, "ci95_high": None, "successes": None,
                           "episodes": 20}
-    flat = dvc_tasks.eval_rows({"tasks": {"a": 0.2}, "mean_success_rate": 0.2})
+    flat = artifacts_tasks.eval_rows({"tasks": {"a": 0.2}, "mean_success_rate": 0.2})
     assert [(r["task"], r["success"]) for r in flat] == [("a", 0.2), ("mean", 0.2)]
-    assert dvc_tasks.eval_rows({"loss": 1.0}) == [] and dvc_tasks.eval_rows({"tasks": [1, 2]}) == []
+    assert artifacts_tasks.eval_rows({"loss": 1.0}) == [] and artifacts_tasks.eval_rows({"tasks": [1, 2]}) == []
 
 
 def test_artifact_keys_are_valid(dvc_tasks):

@@ -48,16 +48,7 @@ def _for_path(args: argparse.Namespace) -> int:
         print(json.dumps({"lineage": record, "dvc_lock": lock, "mismatches": problems, "copies": copies,
                           "copies_disagree": disagree}, indent=2))
         return 0
-    print(f"{record.get('output')}  (stage {record.get('stage') or '-'}, experiment {record.get('experiment') or '-'})")
-    for step, p, md5 in lin.chain_lines(record):
-        print(f"  {step:<12} {p:<32} {md5 or ''}")
-    git = record.get("git") or {}
-    params = record.get("params") or {}
-    print(f"git       {git.get('commit') or '-'}{' (dirty)' if git.get('dirty') else ''}")
-    print(f"params    sha256 {params.get('sha256', '-')} over {', '.join(params.get('keys') or []) or '-'}")
-    print(f"kernel    {record.get('kernel_impl') or '-'}")
-    print(f"prefect   flow run {record.get('prefect_flow_run_id') or '-'}")
-    print("versions  " + ", ".join(f"{k} {v}" for k, v in (record.get("versions") or {}).items() if v))
+    print("\n".join(lin.lineage_text(record)))
     present = [name for name, here in copies.items() if here]
     same = " (the same)" if len(present) == 2 and not disagree else ""
     print(f"record    in {' and '.join(present) or path.name}{same}")

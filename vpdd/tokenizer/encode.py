@@ -19,9 +19,10 @@ import torch
 
 from vpdd.config.tokenizer import TokenizerConfig
 from vpdd.data.episodes import DataFormatError
+from vpdd.lineage import data_md5 as data_version
+from vpdd.lineage import index_digest
 from vpdd.tokenizer import data as tdata
 from vpdd.tokenizer.cache import write_token_cache
-from vpdd.tokenizer.lineage import data_version, index_digest
 from vpdd.tokenizer.pretrained import config_dict, differing_keys, load_tokenizer
 from vpdd.train.checkpoint import checkpoint_hash
 

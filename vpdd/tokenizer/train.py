@@ -37,8 +37,10 @@ import torch
 
 from vpdd.config.tokenizer import TokenizerConfig
 from vpdd.data.episodes import DataFormatError
+from vpdd.lineage import data_md5 as data_version
+from vpdd.lineage import index_digest
 from vpdd.tokenizer import data as tdata
-from vpdd.tokenizer.lineage import code_digest, data_version, index_digest
+from vpdd.tokenizer.fingerprint import code_digest
 from vpdd.tokenizer.metrics import code_usage, psnr, recon_grid, ssim
 from vpdd.tokenizer.model import VQVAE, to_model_input, to_uint8
 from vpdd.tokenizer.pretrained import (
