@@ -86,15 +86,27 @@ class ModelSpec:
         )
 
 
+# Action networks by the name a ModelSpec (and so a checkpoint) stores. Packages above this one add theirs
+# with register_action_net (vpdd.rlbench.network registers "multiview"), so models never imports upward.
+ACTION_NETS: dict[str, Callable[..., nn.Module]] = {"gpt2": ActionNet}
+
+
+def register_action_net(name: str, factory: Callable[..., nn.Module]) -> None:
+    """Make ``ModelSpec.action_net == name`` build ``factory(n_bins, chunk, dim, n_video, video_dim, lang_dim,
+    code_dim=..., **spec.action)``."""
+    ACTION_NETS[name] = factory
+
+
 def build_action_net(spec: ModelSpec, video_dim: int) -> nn.Module:
     """The action network ``spec.action_net`` for ``spec``."""
+    factory = ACTION_NETS.get(spec.action_net)
+    if factory is None:
+        raise ValueError(f"action network {spec.action_net!r} is not registered (known: {sorted(ACTION_NETS)}); "
+                         "'multiview' (RLBench) registers on import of vpdd.rlbench.network, which "
+                         "vpdd.rlbench.policy.RLBenchPolicy and the RLBench stages do")
     lay = spec.layout
     args = (lay.n_action_bins, spec.chunk, spec.action_dim, lay.n_video_tokens, video_dim, spec.lang_dim)
-    if spec.action_net == "multiview":
-        from vpdd.rlbench.network import MultiViewActionNet
-
-        return MultiViewActionNet(*args, code_dim=spec.code_dim, **spec.action)
-    return ActionNet(*args, code_dim=spec.code_dim, **spec.action)
+    return factory(*args, code_dim=spec.code_dim, **spec.action)
 
 
 class VPDDModel(nn.Module):

@@ -35,6 +35,7 @@ from torch import nn
 
 from vpdd.models.action_net import gpt2_backbone
 from vpdd.models.layers import condition, prompt_mlp, time_mlp
+from vpdd.models.model import register_action_net
 
 POSE_DIMS = 7  # x, y, z, rx, ry, rz, gripper open
 
@@ -145,3 +146,6 @@ class MultiViewActionNet(nn.Module):
         logits = torch.cat([self.head_trans(out[:, :, 0:3]), self.head_rot(out[:, :, 3:6]),
                             self.head_grip(out[:, :, 6:7])], dim=2)
         return logits.reshape(b, self.n_action_tokens, self.n_bins)
+
+
+register_action_net("multiview", MultiViewActionNet)

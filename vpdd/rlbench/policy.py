@@ -51,6 +51,7 @@ from vpdd.policy.checkpoint import (
     save_vpdd_checkpoint,
 )
 from vpdd.policy.policy import PolicyError
+from vpdd.rlbench import network as _network  # noqa: F401  (registers the "multiview" action network)
 from vpdd.rlbench.keyframes import DIMS, KIND, PoseActionCoder
 
 ACTION_DIM = 8  # x, y, z, qx, qy, qz, qw, gripper open

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vpdd.data.episodes import DataFormatError
+from vpdd.rlbench import network as _network  # noqa: F401  (registers the "multiview" action network)
 from vpdd.rlbench.keyframes import PoseActionCoder, discover_keyframes, keyframe_targets
 from vpdd.tokenizer.cache import TokenCache, TokenSource
 from vpdd.train.datasets import SequenceBatch, _rng
