@@ -1,14 +1,22 @@
-"""``@triton.jit`` helpers shared by the kernels (must live in a .py file)."""
+"""``@triton.jit`` helpers and constants shared by the kernels (must live in a .py file)."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
+from vpdd_kernels import _common as cm
+
+# the constants of _common as compile-time constants (kernels may only read constexpr globals)
+EPS = tl.constexpr(cm.EPS)
+LOG_FLOOR = tl.constexpr(cm.LOG_FLOOR)
+FLOOR = tl.constexpr(cm.FLOOR)
+N_COEF = tl.constexpr(len(cm.StepCoefficients._fields))
+
 
 @triton.jit
 def _load_coef(coef_ptr, b, idx: tl.constexpr):
-    return tl.load(coef_ptr + b * 12 + idx)
+    return tl.load(coef_ptr + b * N_COEF + idx)
 
 
 @triton.jit
@@ -52,7 +60,7 @@ def _gumbel(u, REF: tl.constexpr):
     an injected uniform); otherwise -log(E), E = -log1p(-u) computed accurately, so the winning tail is at
     u -> 0 where the uniform has 48 bits (kernels.md §2.b)."""
     if REF:
-        g = -tl.log(-tl.log(u + 1e-30) + 1e-30)
+        g = -tl.log(-tl.log(u + EPS) + EPS)
     else:
         w = 1.0 - u
         e = tl.where(w == 1.0, u, tl.log(w) * (u / tl.where(w == 1.0, 1.0, w - 1.0)))

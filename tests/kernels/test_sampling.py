@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from scipy import stats
-from vpdd_kernels import sampling as ks
+from vpdd_kernels import posterior, sampling
+from vpdd_kernels import sampling_triton as ks
 
-from vpdd.diffusion import fast
 from vpdd.diffusion.layout import ACTION, VIDEO
 from vpdd.diffusion.schedule import ScheduleTables
 
@@ -84,7 +84,7 @@ def test_reverse_step_philox_distribution(device, xt_value, r, n):
     t, t_prev = torch.tensor([60], device=device), torch.tensor([20], device=device)
     coef = tab.coefficients(t, t_prev, VIDEO)
     draws = ks.reverse_step(z, xt, coef, r, torch.Generator(device=device).manual_seed(7)).reshape(-1).cpu()
-    logp = fast.posterior_log_probs(z[:, :1], xt[:, :1], coef, r).reshape(-1).double()
+    logp = posterior.posterior_log_probs(z[:, :1], xt[:, :1], coef, r).reshape(-1).double()
     probs = torch.softmax(logp, 0).cpu()
     assert _chi2_pvalue(draws, probs) > 1e-3
 
@@ -98,7 +98,7 @@ def test_q_sample_bit_exact_with_fast_uniforms(device):
         t = torch.tensor([0, 63], device=device)
         coef = tab.coefficients(t, t - 1, m)
         g = torch.Generator(device=device).manual_seed(3)
-        want = fast.q_sample(x, coef, LAYOUT.n_codes(m), g)
+        want = sampling.q_sample(x, coef, LAYOUT.n_codes(m), g)
         g = torch.Generator(device=device).manual_seed(3)
         u = torch.rand((2, *x.shape), dtype=torch.float64, generator=g, device=device)
         assert torch.equal(ks.q_sample(x, coef, LAYOUT.n_codes(m), uniforms=u), want)

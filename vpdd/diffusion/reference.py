@@ -7,8 +7,8 @@ token's modality, with a MASK row of -70 and a clamp to [-70, 0]; the posterior 
 sampling is a Gumbel-argmax over C with the other modality's classes set to -1e4.
 
 This module is slow and memory hungry on purpose (dozens of (B, C, N) temporaries). It is the test oracle
-for :mod:`vpdd.diffusion.fast` and the "reference" implementation behind the scheduler. Indices (B, N) are
-the interface at both ends, as for the fast path. The only generalisation over the released code is
+for :mod:`vpdd_kernels` and the "reference" implementation behind the scheduler. Indices (B, N) are
+the interface at both ends, as for the kernels. The only generalisation over the released code is
 ``t_prev`` (strided sampling, see :mod:`vpdd.diffusion.schedule`); ``t_prev = t - 1`` is the paper's chain.
 """
 
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from vpdd_kernels import LOG_FLOOR, kept_sorted
 
 from vpdd.diffusion.layout import TokenLayout
 from vpdd.diffusion.schedule import ScheduleTables
 
 PAD_LOGIT = -1.0e4  # logits of the other modality's classes
-LOG_FLOOR = -70.0  # clamp of log-probabilities
 
 
 def index_to_log_onehot(x: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -162,10 +162,12 @@ class ReferenceDiffusion:
     @staticmethod
     def truncate(log_probs: torch.Tensor, truncation_r: float) -> torch.Tensor:
         """VQ-Diffusion's top-r: keep a class iff the mass ranked above it is < r (top-1 always); the rest
-        become -70; no renormalisation."""
+        become -70; no renormalisation. Ties are kept together (the mass *strictly* above decides), where
+        the released code's unstable sort would keep an order-dependent part of a tied group."""
         sorted_lp, indices = torch.sort(log_probs, 1, descending=True)
-        below = sorted_lp.exp().cumsum(dim=1) < truncation_r
-        keep = torch.cat((torch.ones_like(below[:, 0:1, :]), below), dim=1)[:, :-1, :]
+        b, c, n = log_probs.shape
+        rows = sorted_lp.exp().permute(0, 2, 1).reshape(b * n, c)
+        keep = kept_sorted(rows, truncation_r).reshape(b, n, c).permute(0, 2, 1)
         keep = keep.gather(1, indices.argsort(1)).float()
         return keep * log_probs + (1 - keep) * LOG_FLOOR
 
