@@ -39,6 +39,37 @@ def _row_softmax_stats(zrow, stride_k, K, j, masked, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _posterior_row(coef_ptr, b, masked, p_notj, p_j):
+    """Per-row scalars of the closed-form posterior (``vpdd_kernels.posterior``) from the float64 kept mass
+    Σ_{k≠j} p and p_j: out_k = log(base + slope·p_k) + log_u0 in the bulk, and the clamped values at j and
+    at MASK."""
+    ck = _load_coef(coef_ptr, b, 0)
+    cr = _load_coef(coef_ptr, b, 1)
+    cmk = _load_coef(coef_ptr, b, 2)
+    kp = _load_coef(coef_ptr, b, 3)
+    rp = _load_coef(coef_ptr, b, 4)
+    mk = _load_coef(coef_ptr, b, 5)
+    pk = _load_coef(coef_ptr, b, 6)
+    pr = _load_coef(coef_ptr, b, 7)
+    pm = _load_coef(coef_ptr, b, 8)
+    q_j = tl.where(masked, cmk, ck + cr)
+    q_0 = tl.where(masked, cmk, cr + EPS * ck)
+    u_j = tl.where(masked, mk, kp + rp)
+    u_0 = tl.where(masked, mk, rp + EPS * kp)
+    u_m = tl.where(masked, 1.0, EPS)
+    y = tl.where(masked, p_notj / q_0, p_notj / q_0 + p_j / q_j) + EPS
+    at_j = tl.log(u_j * (pk * p_j / q_j + pr * y)).to(tl.float32)
+    at_m = tl.log(u_m * (pm * y + (1.0 - pm) * EPS)).to(tl.float32)
+    return (
+        (pr * y).to(tl.float32),
+        (pk / q_0).to(tl.float32),
+        tl.log(u_0).to(tl.float32),
+        tl.minimum(tl.maximum(at_j, LOG_FLOOR), 0.0),
+        tl.minimum(tl.maximum(at_m, LOG_FLOOR), 0.0),
+    )
+
+
+@triton.jit
 def _log1p(x):
     """log(1 + x) accurate for small x without libdevice (Goldberg's trick; runs in the interpreter)."""
     w = 1.0 + x

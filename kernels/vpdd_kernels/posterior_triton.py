@@ -20,7 +20,7 @@ import triton.language as tl
 
 from vpdd_kernels import _common as cm
 from vpdd_kernels import posterior
-from vpdd_kernels._jit_common import EPS, FLOOR, LOG_FLOOR, _load_coef, _row_softmax_stats
+from vpdd_kernels._jit_common import FLOOR, LOG_FLOOR, _posterior_row, _row_softmax_stats
 
 
 @triton.jit
@@ -47,26 +47,7 @@ def _posterior_kernel(
     p_j = tl.maximum(tl.exp(z_j - lse), FLOOR).to(tl.float64)  # clamp(min=e^-70)
     p_notj = (s_notj / s).to(tl.float64)
 
-    ck = _load_coef(coef_ptr, b, 0)
-    cr = _load_coef(coef_ptr, b, 1)
-    cmk = _load_coef(coef_ptr, b, 2)
-    kp = _load_coef(coef_ptr, b, 3)
-    rp = _load_coef(coef_ptr, b, 4)
-    mk = _load_coef(coef_ptr, b, 5)
-    pk = _load_coef(coef_ptr, b, 6)
-    pr = _load_coef(coef_ptr, b, 7)
-    pm = _load_coef(coef_ptr, b, 8)
-    q_j = tl.where(masked, cmk, ck + cr)
-    q_0 = tl.where(masked, cmk, cr + EPS * ck)
-    u_j = tl.where(masked, mk, kp + rp)
-    u_0 = tl.where(masked, mk, rp + EPS * kp)
-    u_m = tl.where(masked, 1.0, EPS)
-    y = tl.where(masked, p_notj / q_0, p_notj / q_0 + p_j / q_j) + EPS
-    base = (pr * y).to(tl.float32)
-    slope = (pk / q_0).to(tl.float32)
-    log_u0 = tl.log(u_0).to(tl.float32)
-    at_j = tl.log(u_j * (pk * p_j / q_j + pr * y)).to(tl.float32)
-    at_m = tl.log(u_m * (pm * y + (1.0 - pm) * EPS)).to(tl.float32)
+    base, slope, log_u0, at_j, at_m = _posterior_row(coef_ptr, b, masked, p_notj, p_j)
 
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
@@ -77,7 +58,7 @@ def _posterior_kernel(
         val = tl.where((offs == j) & (~masked), at_j, val)
         val = tl.minimum(tl.maximum(val, LOG_FLOOR), 0.0)
         tl.store(orow + offs.to(tl.int64), val, mask=valid)
-    tl.store(orow + K, tl.minimum(tl.maximum(at_m, LOG_FLOOR), 0.0))
+    tl.store(orow + K, at_m)
 
 
 def posterior_log_probs(

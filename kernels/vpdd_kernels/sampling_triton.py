@@ -33,13 +33,12 @@ import triton.language as tl
 
 from vpdd_kernels import _common as cm
 from vpdd_kernels._jit_common import (
-    EPS,
     FLOOR,
     LOG_FLOOR,
     N_COEF,
     _gumbel,
-    _load_coef,
     _philox_uniform,
+    _posterior_row,
     _row_softmax_stats,
 )
 
@@ -174,28 +173,8 @@ def _reverse_step_kernel(
         p_notj = sx.to(tl.float64)
     else:
         p_notj = (s_notj / s).to(tl.float64)
-    p_j64 = p_j.to(tl.float64)
 
-    ck = _load_coef(coef_ptr, b, 0)
-    cr = _load_coef(coef_ptr, b, 1)
-    cmk = _load_coef(coef_ptr, b, 2)
-    kp = _load_coef(coef_ptr, b, 3)
-    rp = _load_coef(coef_ptr, b, 4)
-    mk = _load_coef(coef_ptr, b, 5)
-    pk = _load_coef(coef_ptr, b, 6)
-    pr = _load_coef(coef_ptr, b, 7)
-    pm = _load_coef(coef_ptr, b, 8)
-    q_j = tl.where(masked, cmk, ck + cr)
-    q_0 = tl.where(masked, cmk, cr + EPS * ck)
-    u_j = tl.where(masked, mk, kp + rp)
-    u_0 = tl.where(masked, mk, rp + EPS * kp)
-    u_m = tl.where(masked, 1.0, EPS)
-    y = tl.where(masked, p_notj / q_0, p_notj / q_0 + p_j64 / q_j) + EPS
-    base = (pr * y).to(tl.float32)
-    slope = (pk / q_0).to(tl.float32)
-    log_u0 = tl.log(u_0).to(tl.float32)
-    at_j = tl.minimum(tl.maximum(tl.log(u_j * (pk * p_j64 / q_j + pr * y)).to(tl.float32), LOG_FLOOR), 0.0)
-    at_m = tl.minimum(tl.maximum(tl.log(u_m * (pm * y + (1.0 - pm) * EPS)).to(tl.float32), LOG_FLOOR), 0.0)
+    base, slope, log_u0, at_j, at_m = _posterior_row(coef_ptr, b, masked, p_notj, p_j.to(tl.float64))
 
     # Gumbel-argmax over the K codes, then MASK (class K); ties go to the lowest index like torch.argmax
     ubase = row * (K + 1)
