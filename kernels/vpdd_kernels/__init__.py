@@ -18,17 +18,5 @@ before that import); the ``*_triton`` modules do.
 from vpdd_kernels._common import EPS, FLOOR, LOG_FLOOR, StepCoefficients, kept_sorted
 from vpdd_kernels.dispatch import ENV_VAR, KernelOps, ops, ops_for, requested_impl, resolve_impl, triton_status
 
-__all__ = [
-    "ENV_VAR",
-    "EPS",
-    "FLOOR",
-    "LOG_FLOOR",
-    "KernelOps",
-    "StepCoefficients",
-    "kept_sorted",
-    "ops",
-    "ops_for",
-    "requested_impl",
-    "resolve_impl",
-    "triton_status",
-]
+__all__ = ["ENV_VAR", "EPS", "FLOOR", "LOG_FLOOR", "KernelOps", "StepCoefficients", "kept_sorted", "ops", "ops_for"]
+__all__ += ["requested_impl", "resolve_impl", "triton_status"]

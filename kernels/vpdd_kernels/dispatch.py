@@ -66,15 +66,11 @@ def ops(impl: str) -> KernelOps:
         ok, why = triton_status()
         if not ok:
             raise RuntimeError(f"{ENV_VAR}/kernel.impl asks for triton, but Triton cannot launch here: {why}")
-        from vpdd_kernels import loss_triton, posterior_triton, sampling_triton
+        from vpdd_kernels import loss_triton as lt
+        from vpdd_kernels import posterior_triton as pt
+        from vpdd_kernels import sampling_triton as st
 
-        return KernelOps(
-            "triton",
-            sampling_triton.q_sample,
-            posterior_triton.posterior_log_probs,
-            loss_triton.loss_terms,
-            sampling_triton.reverse_step,
-        )
+        return KernelOps("triton", st.q_sample, pt.posterior_log_probs, lt.loss_terms, st.reverse_step)
     raise ValueError(f"impl={impl!r}: expected 'triton' or 'torch' (resolve 'auto' with resolve_impl first)")
 
 

@@ -42,19 +42,8 @@ log = logging.getLogger(__name__)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 IMPLS = ("fast", "reference")
-_CONFIG_KEYS = (
-    "num_timesteps",
-    "att_1",
-    "att_T",
-    "ctt_1",
-    "ctt_T",
-    "aux_loss_weight",
-    "adaptive_aux_loss",
-    "time_sampling",
-    "truncation_r",
-    "sampling_stride",
-    "impl",
-)
+_CONFIG_KEYS = ("num_timesteps", "att_1", "att_T", "ctt_1", "ctt_T", "aux_loss_weight", "adaptive_aux_loss")
+_CONFIG_KEYS += ("time_sampling", "truncation_r", "sampling_stride", "impl")
 
 
 class MaskReplaceScheduler:
@@ -85,12 +74,7 @@ class MaskReplaceScheduler:
             raise ValueError(f"sampling_stride={sampling_stride}: expected 1..num_timesteps ({num_timesteps})")
         self.layout = layout
         self.num_timesteps = int(num_timesteps)
-        self.att_1, self.att_T, self.ctt_1, self.ctt_T = (
-            float(att_1),
-            float(att_T),
-            float(ctt_1),
-            float(ctt_T),
-        )
+        self.att_1, self.att_T, self.ctt_1, self.ctt_T = float(att_1), float(att_T), float(ctt_1), float(ctt_T)
         self.aux_loss_weight = float(aux_loss_weight)
         self.adaptive_aux_loss = bool(adaptive_aux_loss)
         self.time_sampling = time_sampling
@@ -100,15 +84,8 @@ class MaskReplaceScheduler:
         self.kernel_impl = kernel_impl
         requested_impl(kernel_impl)  # validate early (raises with the key and value)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.tables = ScheduleTables.build(
-            self.num_timesteps,
-            layout.n_video_codes,
-            layout.n_action_bins,
-            self.att_1,
-            self.att_T,
-            self.ctt_1,
-            self.ctt_T,
-        )
+        rates = (self.att_1, self.att_T, self.ctt_1, self.ctt_T)
+        self.tables = ScheduleTables.build(self.num_timesteps, layout.n_video_codes, layout.n_action_bins, *rates)
         if (self.tables.cum_replace_total[:-1] <= 0).any():
             raise ValueError("the replace mass 1 - att - ctt must be > 0 at every step (the posterior divides by it)")
         self.reference = ReferenceDiffusion(self.tables, layout, self.device)
