@@ -42,6 +42,28 @@ def test_reverse_step_bit_exact_with_reference_uniforms(device, r, t, t_prev):
         assert torch.equal(LAYOUT.from_local(got, m), want[:, pos])
 
 
+def test_reverse_step_with_tied_logits_matches_the_reference(device):
+    """All-zero action logits (pre-training) tie every class. The Triton bisection and the oracle's
+    tie-inclusive truncation keep the same set (all 5 classes at r = 0.5, where an order-dependent sort
+    keeps 3), so draws fed the same uniforms are identical."""
+    tab = tables(0.05)
+    ref = reference(tab, device)
+    zv, za, x0, xt = problem(16, device)
+    za = torch.zeros_like(za)
+    t, t_prev = torch.tensor([50, 0], device=device), torch.tensor([49, -1], device=device)
+    lp = ref.predict_start(zv, za)[:, :, LAYOUT.n_video_tokens :]
+    assert torch.equal(ref.truncate(lp, 0.5), lp)
+    pos, off, k = LAYOUT.positions(ACTION), LAYOUT.code_offset(ACTION), LAYOUT.n_codes(ACTION)
+    cls = list(range(off, off + k)) + [LAYOUT.mask_id]
+    g = torch.Generator(device=device).manual_seed(4)
+    for _ in range(4):
+        u = torch.rand(xt.shape[0], LAYOUT.num_classes, LAYOUT.seq_len, generator=g, device=device)
+        want = _reference_draw(ref, zv, za, xt, t, t_prev, 0.5, u)[:, pos]
+        uu = u[:, cls, pos].permute(0, 2, 1).reshape(-1, k + 1)
+        got = ks.reverse_step(za, local(xt, ACTION), tab.coefficients(t, t_prev, ACTION), 0.5, uniforms=uu)
+        assert torch.equal(LAYOUT.from_local(got, ACTION), want)
+
+
 def test_reverse_step_deterministic_seeded_block_invariant_guarded(device):
     tab = tables()
     zv, _, _, xt = problem(6, device)
