@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from vpdd_kernels import LOG_FLOOR, kept_sorted
+from vpdd_kernels import EPS, LOG_FLOOR, kept_sorted
 
 from vpdd.diffusion.layout import TokenLayout
 from vpdd.diffusion.schedule import ScheduleTables
@@ -27,7 +27,7 @@ PAD_LOGIT = -1.0e4  # logits of the other modality's classes
 def index_to_log_onehot(x: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, N) indices -> (B, C, N) log one-hot with zeros clamped to 1e-30."""
     onehot = F.one_hot(x, num_classes).permute(0, 2, 1).to(dtype)
-    return torch.log(onehot.clamp(min=1e-30))
+    return torch.log(onehot.clamp(min=EPS))
 
 
 def log_onehot_to_index(log_x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,7 @@ class ReferenceDiffusion:
         x_t = log_onehot_to_index(log_x_t)
         mask = (x_t == c - 1).unsqueeze(1)
         log_one_vector = torch.zeros(b, 1, 1, dtype=log_x_t.dtype, device=log_x_t.device)
-        log_zero_vector = torch.log(log_one_vector + 1.0e-30).expand(-1, -1, n)
+        log_zero_vector = torch.log(log_one_vector + EPS).expand(-1, -1, n)
 
         log_qt = self.q_pred(log_x_t, t)[:, :-1, :]
         ct_cumprod_vector = _extract(self.buf["log_cumprod_ct"], t).expand(-1, c - 1, -1)
@@ -183,7 +183,7 @@ class ReferenceDiffusion:
         """Modality-masked Gumbel-argmax over C -> (B, N) indices."""
         logits = self.modality_masked(log_probs)
         u = torch.rand(logits.shape, generator=generator, device=logits.device)
-        gumbel = -torch.log(-torch.log(u + 1e-30) + 1e-30)
+        gumbel = -torch.log(-torch.log(u + EPS) + EPS)
         return (gumbel + logits).argmax(dim=1)
 
     # -------------------------------------------------------------- operations
