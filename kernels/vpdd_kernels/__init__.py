@@ -11,12 +11,21 @@ the CPU fallback and the kernels' test oracle, and beside it the Triton module w
 
 ``_common`` has the constants and :class:`StepCoefficients`; ``dispatch`` is the one switch
 (``VPDD_KERNEL_IMPL`` over ``kernel.impl``; auto = Triton on CUDA tensors, PyTorch elsewhere). Importing
-the package, the PyTorch references or the switch does not import Triton (the interpreter must be chosen
-before that import); the ``*_triton`` modules do.
+the package or the switch imports neither torch nor Triton; the PyTorch references import torch only; the
+``*_triton`` modules import Triton (the interpreter must be chosen before that import).
 """
 
-from vpdd_kernels._common import EPS, FLOOR, LOG_FLOOR, StepCoefficients, kept_sorted
 from vpdd_kernels.dispatch import ENV_VAR, KernelOps, ops, ops_for, requested_impl, resolve_impl, triton_status
 
-__all__ = ["ENV_VAR", "EPS", "FLOOR", "LOG_FLOOR", "KernelOps", "StepCoefficients", "kept_sorted", "ops", "ops_for"]
-__all__ += ["requested_impl", "resolve_impl", "triton_status"]
+_FROM_COMMON = ("EPS", "FLOOR", "LOG_FLOOR", "StepCoefficients", "kept_sorted")
+__all__ = ["ENV_VAR", "KernelOps", "ops", "ops_for", "requested_impl", "resolve_impl", "triton_status", *_FROM_COMMON]
+
+
+def __getattr__(name: str):
+    """``_common``'s public names, loaded on first use: the switch alone must not import torch (lineage
+    records resolve the implementation without it)."""
+    if name in _FROM_COMMON:
+        from vpdd_kernels import _common
+
+        return getattr(_common, name)
+    raise AttributeError(f"module 'vpdd_kernels' has no attribute {name!r}")

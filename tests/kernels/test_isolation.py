@@ -30,12 +30,15 @@ def test_sources_import_nothing_outside_the_allowed_layers():
 
 
 def test_imports_and_runs_with_vpdd_blocked():
-    """Every module imports, and the PyTorch fallback runs, in a process where ``import vpdd`` fails."""
+    """Every module imports, and the PyTorch fallback runs, in a process where ``import vpdd`` fails; the
+    package and its switch import neither torch nor Triton."""
     modules = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
     code = f"""
 import sys
 sys.modules["vpdd"] = None  # any import of vpdd now raises ImportError
-import importlib, torch, vpdd_kernels
+import vpdd_kernels, vpdd_kernels.dispatch
+assert "torch" not in sys.modules and "triton" not in sys.modules  # the switch alone is light
+import importlib, torch
 for m in {modules!r}:
     importlib.import_module("vpdd_kernels." + m)
 c = vpdd_kernels.StepCoefficients(*(torch.full((1,), v, dtype=torch.float64) for v in (0.5, 0.01, 0.3) * 4))
