@@ -1,14 +1,22 @@
-"""``@triton.jit`` helpers shared by the kernels (must live in a .py file)."""
+"""``@triton.jit`` helpers and constants shared by the kernels (must live in a .py file)."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
+from vpdd_kernels import _common as cm
+
+# the constants of _common as compile-time constants (kernels may only read constexpr globals)
+EPS = tl.constexpr(cm.EPS)
+LOG_FLOOR = tl.constexpr(cm.LOG_FLOOR)
+FLOOR = tl.constexpr(cm.FLOOR)
+N_COEF = tl.constexpr(len(cm.StepCoefficients._fields))
+
 
 @triton.jit
 def _load_coef(coef_ptr, b, idx: tl.constexpr):
-    return tl.load(coef_ptr + b * 12 + idx)
+    return tl.load(coef_ptr + b * N_COEF + idx)
 
 
 @triton.jit
@@ -28,6 +36,37 @@ def _row_softmax_stats(zrow, stride_k, K, j, masked, BLOCK_K: tl.constexpr):
         s_notj = s_notj * scale + tl.sum(tl.where((offs != j) | masked, e, 0.0), axis=0)
         m = m_new
     return m, s, s_notj
+
+
+@triton.jit
+def _posterior_row(coef_ptr, b, masked, p_notj, p_j):
+    """Per-row scalars of the closed-form posterior (``vpdd_kernels.posterior``) from the float64 kept mass
+    Σ_{k≠j} p and p_j: out_k = log(base + slope·p_k) + log_u0 in the bulk, and the clamped values at j and
+    at MASK."""
+    ck = _load_coef(coef_ptr, b, 0)
+    cr = _load_coef(coef_ptr, b, 1)
+    cmk = _load_coef(coef_ptr, b, 2)
+    kp = _load_coef(coef_ptr, b, 3)
+    rp = _load_coef(coef_ptr, b, 4)
+    mk = _load_coef(coef_ptr, b, 5)
+    pk = _load_coef(coef_ptr, b, 6)
+    pr = _load_coef(coef_ptr, b, 7)
+    pm = _load_coef(coef_ptr, b, 8)
+    q_j = tl.where(masked, cmk, ck + cr)
+    q_0 = tl.where(masked, cmk, cr + EPS * ck)
+    u_j = tl.where(masked, mk, kp + rp)
+    u_0 = tl.where(masked, mk, rp + EPS * kp)
+    u_m = tl.where(masked, 1.0, EPS)
+    y = tl.where(masked, p_notj / q_0, p_notj / q_0 + p_j / q_j) + EPS
+    at_j = tl.log(u_j * (pk * p_j / q_j + pr * y)).to(tl.float32)
+    at_m = tl.log(u_m * (pm * y + (1.0 - pm) * EPS)).to(tl.float32)
+    return (
+        (pr * y).to(tl.float32),
+        (pk / q_0).to(tl.float32),
+        tl.log(u_0).to(tl.float32),
+        tl.minimum(tl.maximum(at_j, LOG_FLOOR), 0.0),
+        tl.minimum(tl.maximum(at_m, LOG_FLOOR), 0.0),
+    )
 
 
 @triton.jit
@@ -52,7 +91,7 @@ def _gumbel(u, REF: tl.constexpr):
     an injected uniform); otherwise -log(E), E = -log1p(-u) computed accurately, so the winning tail is at
     u -> 0 where the uniform has 48 bits (kernels.md §2.b)."""
     if REF:
-        g = -tl.log(-tl.log(u + 1e-30) + 1e-30)
+        g = -tl.log(-tl.log(u + EPS) + EPS)
     else:
         w = 1.0 - u
         e = tl.where(w == 1.0, u, tl.log(w) * (u / tl.where(w == 1.0, 1.0, w - 1.0)))

@@ -45,7 +45,7 @@ def resolve_impl(config_value: str = "auto", device_type: str = "cpu") -> str:
 
 
 class KernelOps(NamedTuple):
-    """The four replaceable per-modality operations, with the signatures of ``vpdd.diffusion.fast``."""
+    """The four per-modality operations of one implementation (signatures of the PyTorch references)."""
 
     impl: str
     q_sample: Callable[..., Any]
@@ -57,18 +57,20 @@ class KernelOps(NamedTuple):
 def ops(impl: str) -> KernelOps:
     """The functions of a resolved implementation (``triton`` or ``torch``)."""
     if impl == "torch":
-        from vpdd.diffusion import fast, fast_sampling
+        from vpdd_kernels import loss, posterior, sampling
 
-        return KernelOps("torch", fast.q_sample, fast.posterior_log_probs, fast.loss_terms, fast_sampling.reverse_step)
+        return KernelOps(
+            "torch", sampling.q_sample, posterior.posterior_log_probs, loss.loss_terms, sampling.reverse_step
+        )
     if impl == "triton":
         ok, why = triton_status()
         if not ok:
             raise RuntimeError(f"{ENV_VAR}/kernel.impl asks for triton, but Triton cannot launch here: {why}")
-        from vpdd_kernels.loss import loss_terms
-        from vpdd_kernels.posterior import posterior_log_probs
-        from vpdd_kernels.sampling import q_sample, reverse_step
+        from vpdd_kernels import loss_triton as lt
+        from vpdd_kernels import posterior_triton as pt
+        from vpdd_kernels import sampling_triton as st
 
-        return KernelOps("triton", q_sample, posterior_log_probs, loss_terms, reverse_step)
+        return KernelOps("triton", st.q_sample, pt.posterior_log_probs, lt.loss_terms, st.reverse_step)
     raise ValueError(f"impl={impl!r}: expected 'triton' or 'torch' (resolve 'auto' with resolve_impl first)")
 
 

@@ -1,113 +1,77 @@
-"""Fused posterior: logits (B, N, K), x_t, per-sample coefficients -> log p_θ(x_{t'} | x_t) (B, N, K+1).
+"""The posterior log p_θ(x_{t'} | x_t) of one modality in PyTorch: the CPU fallback and the oracle of
+:mod:`vpdd_kernels.posterior_triton`.
 
-One program per token row, two passes over the row (the second usually hits L2):
+With p = softmax(z) and, per token, x_t = j (or MASK), q(x_t | x0 = k) = qt_k and q(x_t | x_{t'} = k) = u_k,
+the released code's posterior is, for every class k of the token's modality (kernels.md §1.5),
 
-1. online (max, Σe, Σ_{k≠j} e) and the gather of z_j;
-2. per-row float64 scalars (the closed form of vpdd.diffusion.fast: out_k = log(β̄'Y + ā'/q_0 · p_k) +
-   log u_0, a special value at k = j and at MASK), then ``out_k`` written once, clamped to [-70, 0].
+    out_k = u_k · (ā'·p_k/qt_k + β̄'·Y),   Y = Σ_k p_k/qt_k + 1e-30
+    out_MASK = u_MASK · (γ̄'·Y + (1-γ̄')·1e-30)                            (then clamped in log to [-70, 0])
 
-Traffic: one read of the logits plus one write of the posterior (≈ 2 F, kernels.md §2.a). Top-r truncation
-needs a per-row kept set; this op is not on the sampling path (the reverse step never forms the posterior),
-so ``truncation_r < 1`` falls back to the PyTorch fast path.
+where primes are cumulative values at t' = t_prev. Only k = j differs from the bulk (qt_j = ā+β̄,
+u_j = α+β); a masked token has qt = γ̄, u = γ everywhere. So one log-sum-exp pass gives a whole row.
 """
 
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-from vpdd.diffusion import fast
-from vpdd.diffusion.schedule import StepCoefficients
-from vpdd_kernels import _common as cm
-from vpdd_kernels._jit_common import _load_coef, _row_softmax_stats
+from vpdd_kernels._common import (
+    EPS,
+    FLOOR,
+    LOG_FLOOR,
+    StepCoefficients,
+    kept_sorted,
+    likelihoods,
+    per_row,
+    row_chunks,
+    row_stats,
+    rows_of,
+)
 
 
-@triton.jit
-def _posterior_kernel(
-    z_ptr, xt_ptr, coef_ptr, out_ptr,
-    N, K,
-    stride_zb, stride_zn, stride_zk,
-    stride_xb, stride_xn,
-    stride_ob, stride_on,
-    BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    b = row // N
-    n = row % N
-    zrow = z_ptr + b * stride_zb + n * stride_zn
-    orow = out_ptr + b * stride_ob + n * stride_on
-    xt = tl.load(xt_ptr + b * stride_xb + n * stride_xn).to(tl.int64)
-    masked = xt == K
-    j = tl.where(masked, 0, xt)
-
-    m, s, s_notj = _row_softmax_stats(zrow, stride_zk, K, j, masked, BLOCK_K)
-    lse = m + tl.log(s)
-    z_j = tl.load(zrow + j * stride_zk).to(tl.float32)
-    p_j = tl.maximum(tl.exp(z_j - lse), 3.975449735908647e-31).to(tl.float64)  # clamp(min=e^-70)
-    p_notj = (s_notj / s).to(tl.float64)
-
-    ck = _load_coef(coef_ptr, b, 0)
-    cr = _load_coef(coef_ptr, b, 1)
-    cmk = _load_coef(coef_ptr, b, 2)
-    kp = _load_coef(coef_ptr, b, 3)
-    rp = _load_coef(coef_ptr, b, 4)
-    mk = _load_coef(coef_ptr, b, 5)
-    pk = _load_coef(coef_ptr, b, 6)
-    pr = _load_coef(coef_ptr, b, 7)
-    pm = _load_coef(coef_ptr, b, 8)
-    q_j = tl.where(masked, cmk, ck + cr)
-    q_0 = tl.where(masked, cmk, cr + 1e-30 * ck)
-    u_j = tl.where(masked, mk, kp + rp)
-    u_0 = tl.where(masked, mk, rp + 1e-30 * kp)
-    u_m = tl.where(masked, 1.0, 1e-30)
-    y = tl.where(masked, p_notj / q_0, p_notj / q_0 + p_j / q_j) + 1e-30
-    base = (pr * y).to(tl.float32)
-    slope = (pk / q_0).to(tl.float32)
-    log_u0 = tl.log(u_0).to(tl.float32)
-    at_j = tl.log(u_j * (pk * p_j / q_j + pr * y)).to(tl.float32)
-    at_m = tl.log(u_m * (pm * y + (1.0 - pm) * 1e-30)).to(tl.float32)
-
-    for k0 in range(0, K, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        valid = offs < K
-        x = tl.load(zrow + offs.to(tl.int64) * stride_zk, mask=valid, other=0.0).to(tl.float32)
-        p = tl.maximum(tl.exp(x - lse), 3.975449735908647e-31)
-        val = tl.log(base + slope * p) + log_u0
-        val = tl.where((offs == j) & (~masked), at_j, val)
-        val = tl.minimum(tl.maximum(val, -70.0), 0.0)
-        tl.store(orow + offs.to(tl.int64), val, mask=valid)
-    tl.store(orow + K, tl.minimum(tl.maximum(at_m, -70.0), 0.0))
+def truncation_keep(p: torch.Tensor, r: float) -> torch.Tensor:
+    """(R, K) bool: the tie-inclusive top-r set of probabilities ``p`` (see :func:`kept_sorted`)."""
+    sorted_p, order = torch.sort(p, dim=1, descending=True)
+    return torch.empty_like(sorted_p, dtype=torch.bool).scatter_(1, order, kept_sorted(sorted_p, r))
 
 
 def posterior_log_probs(
-    z: torch.Tensor,
-    x_t: torch.Tensor,
-    coef: StepCoefficients,
-    truncation_r: float | None = None,
-    *,
-    block_k: int | None = None,
-    out: torch.Tensor | None = None,
+    z: torch.Tensor, x_t: torch.Tensor, coef: StepCoefficients, truncation_r: float | None = None
 ) -> torch.Tensor:
-    """(B, N, K+1) float32 log p_θ(x_{t'} | x_t), MASK last, clamped to [-70, 0]; same contract as
-    :func:`vpdd.diffusion.fast.posterior_log_probs`. ``z`` may be any strided (B, N, K) float32/bf16
-    view; ``out`` (optional) any strided (B, N, K+1) float32 view with a unit class stride."""
-    if truncation_r is not None and truncation_r < 1:
-        return fast.posterior_log_probs(z, x_t, coef, truncation_r)
-    cm.check_logits(z, x_t)
+    """(B, N, K+1) log p_θ(x_{t'} | x_t) over the modality's codes and MASK (last), clamped to [-70, 0].
+
+    ``z`` (B, N, K) logits, ``x_t`` (B, N) local indices (MASK = K), ``coef`` for the step t' → t. With
+    ``truncation_r`` the prediction is top-r truncated first (tie-inclusive; a per-row sort). The reverse
+    step does not call this: it never forms the posterior.
+    """
     b, n, k = z.shape
-    if out is None:
-        out = torch.empty(b, n, k + 1, dtype=torch.float32, device=z.device)
-    elif out.shape != (b, n, k + 1) or out.stride(2) != 1 or out.dtype != torch.float32:
-        raise ValueError(f"out: expected float32 ({b}, {n}, {k + 1}) with unit class stride")
-    coefs = cm.pack_coefficients(coef, b, z.device)
-    blk = cm.block_k(k, block_k)
-    _posterior_kernel[(b * n,)](
-        z, x_t, coefs, out,
-        n, k,
-        z.stride(0), z.stride(1), z.stride(2),
-        x_t.stride(0), x_t.stride(1),
-        out.stride(0), out.stride(1),
-        BLOCK_K=blk, num_warps=cm.num_warps(blk),
-    )  # fmt: skip
-    return out
+    z2, xt = z.reshape(b * n, k), x_t.reshape(-1)
+    cf = per_row(coef, n)
+    out = torch.empty(b * n, k + 1, dtype=torch.float32, device=z.device)
+    for rows in row_chunks(b * n, k):
+        masked = xt[rows] == k
+        j = torch.where(masked, 0, xt[rows])
+        lse = row_stats(z2[rows], j, masked).lse
+        p = torch.exp(z2[rows].float() - lse.unsqueeze(1)).clamp_(min=FLOOR)
+        if truncation_r is not None and truncation_r < 1:
+            p = torch.where(truncation_keep(p, truncation_r), p, FLOOR)
+        c = rows_of(cf, rows)
+        lk = likelihoods(masked, c)
+        jj = j.unsqueeze(1)
+        p_j = p.gather(1, jj)
+        p.scatter_(1, jj, torch.where(masked.unsqueeze(1), p_j, 0.0))  # Σ_{k≠j} p̃ without cancellation
+        p_notj = p.sum(1, dtype=torch.float64)
+        p.scatter_(1, jj, p_j)
+        p_j = p_j.squeeze(1).double()
+        y = torch.where(masked, p_notj / lk["q_0"], p_notj / lk["q_0"] + p_j / lk["q_j"]) + EPS
+        base = (c.prev_replace * y).float().unsqueeze(1)
+        slope = (c.prev_keep / lk["q_0"]).float().unsqueeze(1)
+        block = out[rows]
+        torch.log(torch.addcmul(base, slope, p), out=block[:, :k])
+        block[:, :k] += lk["u_0"].log().float().unsqueeze(1)
+        at_j = torch.log(lk["u_j"] * (c.prev_keep * p_j / lk["q_j"] + c.prev_replace * y))
+        at_j = torch.where(masked, block[:, :k].gather(1, jj).squeeze(1).double(), at_j)
+        block[:, :k].scatter_(1, jj, at_j.float().unsqueeze(1))
+        block[:, k] = torch.log(lk["u_mask"] * (c.prev_mask * y + (1 - c.prev_mask) * EPS)).float()
+        block.clamp_(LOG_FLOOR, 0.0)
+    return out.reshape(b, n, k + 1)

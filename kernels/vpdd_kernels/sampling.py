@@ -1,230 +1,169 @@
-"""Fused sampling: forward noising (``q_sample``) and one reverse step (``reverse_step``).
+"""Noising and one reverse step of one modality in PyTorch: the CPU fallback and the oracle of
+:mod:`vpdd_kernels.sampling_triton`. Both are exact in distribution and work on indices.
 
-``q_sample`` is the closed form of kernels.md §1.6, O(1) per token: one Philox call per token gives two
-float64 uniforms with 53 random bits each (the paper's replace mass, 1e-6, is below float32 resolution
-near 1), compared against per-sample float64 thresholds. Indices in, indices out.
+``q_sample`` is the O(1)-per-token closed form of kernels.md §1.6. ``reverse_step`` never forms the
+posterior: for a token of one modality the released code samples x_{t'} ∝ exp(posterior) over the
+modality's codes and MASK (the other modality is masked to -1e4), and by :mod:`vpdd_kernels.posterior` that
+posterior is a mixture of at most three parts, with p̃ the top-r truncated prediction (kept classes p_k,
+dropped ones e^-70):
 
-``reverse_step`` is the literal Gumbel-max of the released code, fused: logits in, one index per token
-out, never a (B, N, K+1) tensor. One program per token row:
+* masked x_t:  MASK (weight γ̄'), a draw from p̃ (γ·ā'), a uniform code (γ·(1-ā'-γ̄')). The kept mass S
+  cancels, so choosing the part needs no truncation at all.
+* x_t = j:     stay at j (u_j(ā' p̃_j/q_j + β̄'Y)), a draw from p̃ without j (u_0 ā' (S - p̃_j)/q_0),
+  a uniform code ≠ j ((K-1) u_0 β̄' Y), with Y = (S - p̃_j)/q_0 + p̃_j/q_j.
 
-1. online (max, Σe, Σ_{k≠j} e) and z_j;
-2. with top-r truncation, the kept set {k : mass ranked strictly above p_k < r} is found without a sort
-   by bisection on a probability threshold τ (each step one pass computing Σ_{p>τ} p; it stops as soon as
-   no class lies strictly between the bracket ends, usually after ~20 passes that hit L2);
-3. the posterior value of every class (the closed form of ``posterior.py`` on the truncated prediction)
-   plus Gumbel noise, reduced by an online argmax; MASK is class K.
+The part is chosen with one float64 uniform per token. For x_t = j the thresholds depend on S and on
+whether j survives truncation; both are bracketed from the row's max and p_j (S ∈ [r, r + p_max], only the
+argmax survives when p_max ≥ r, any class with p > 1 - r survives; a row of equal logits keeps every class),
+and only rows whose uniform falls inside the bracket are sorted to get the exact kept set. A draw from p̃
+is by rejection (below), or an inverse-CDF search over the sorted kept classes of a row sorted anyway.
 
-Modality masking is structural: the kernel works in one modality's local vocabulary (its K codes and
-MASK), which is exactly the set the reference's -1e4 masking leaves reachable.
+Truncation is tie-inclusive everywhere (:func:`vpdd_kernels._common.kept_sorted`): a class is kept iff the
+mass strictly above it is < r. The bracket assumes a unique class at the truncation boundary except in
+rows of equal logits; a large group of exactly tied logits elsewhere (possible with bfloat16 logits) may
+pick a part from a slightly wrong S.
 
-Randomness: Philox, ``tl.randint4x(seed, row·(K+1) + k)`` with the seed a device tensor drawn from the
-caller's generator. Two words give a uniform with 48 bits near 0 and the Gumbel transform puts the
-winning tail there (E = -log1p(-u) computed accurately, g = -log E; kernels.md §2.b). For tests,
-``uniforms`` (B·N, K+1) float32 can be injected; the kernel then applies the reference's transform
--log(-log(u + 1e-30) + 1e-30), so its draws equal the reference's Gumbel-argmax fed the same uniforms.
+Memory: one chunked pass over the logits for (max, log-sum-exp, p_j, Σ_{k≠j} p) plus a sort of the selected
+rows in chunks; nothing (B, N, K)-sized is written. Left out of the mixture (≤ 1e-20 of the mass in the
+reference): MASK from an unmasked token, the e^-70 floor of dropped classes, the clamp of log-posteriors
+at 0.
 """
 
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-from vpdd.diffusion.schedule import StepCoefficients
-from vpdd_kernels import _common as cm
-from vpdd_kernels._jit_common import _gumbel, _load_coef, _philox_uniform, _row_softmax_stats
+from vpdd_kernels._common import (
+    EPS,
+    StepCoefficients,
+    kept_sorted,
+    likelihoods,
+    per_row,
+    row_chunks,
+    row_stats,
+    rows_of,
+)
 
-FLOOR32 = 3.975449735908647e-31  # e^-70
-
-
-# --------------------------------------------------------------------------------------------- q_sample
-@triton.jit
-def _u53(w_hi, w_lo):
-    """float64 uniform in [0, 1) from two uint32 words (53 bits)."""
-    hi = (w_hi >> 5).to(tl.float64)  # 27 bits
-    lo = (w_lo >> 6).to(tl.float64)  # 26 bits
-    return (hi * 67108864.0 + lo) * 1.1102230246251565e-16  # (hi·2^26 + lo)·2^-53
-
-
-@triton.jit
-def _q_sample_kernel(
-    x0_ptr, coef_ptr, u_ptr, seed_ptr, out_ptr,
-    R, N, K,
-    USE_UNIFORMS: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    valid = offs < R
-    b = offs // N
-    x0 = tl.load(x0_ptr + offs, mask=valid, other=0)
-    ck = tl.load(coef_ptr + b * 12 + 0, mask=valid, other=0.0)
-    cr = tl.load(coef_ptr + b * 12 + 1, mask=valid, other=0.0)
-    cmk = tl.load(coef_ptr + b * 12 + 2, mask=valid, other=0.0)
-    if USE_UNIFORMS:
-        u0 = tl.load(u_ptr + offs, mask=valid, other=0.0)
-        u1 = tl.load(u_ptr + R + offs, mask=valid, other=0.0)
-    else:
-        seed = tl.load(seed_ptr)
-        w0, w1, w2, w3 = tl.randint4x(seed, offs)
-        u0 = _u53(w0, w1)
-        u1 = _u53(w2, w3)
-    code = tl.minimum((u1 * K).to(tl.int64), K - 1)
-    to_mask = u0 < cmk
-    kept = (u0 >= cmk) & (u0 < cmk + ck)
-    out = tl.where(to_mask, K, tl.where(kept, x0, code))
-    stay_mask = u0 < 1.0 / (1.0 + K * cr)
-    out = tl.where(x0 == K, tl.where(stay_mask, K, code), out)
-    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=valid)
+_MASK, _STAY, _PRED, _UNIF = 0, 1, 2, 3
+_SLACK = 1e-4  # widens the S bracket so float32 sums can never fall outside it
 
 
 def q_sample(
-    x0: torch.Tensor,
-    coef: StepCoefficients,
-    n_codes: int,
-    generator: torch.Generator | None = None,
-    *,
-    uniforms: torch.Tensor | None = None,
+    x0: torch.Tensor, coef: StepCoefficients, n_codes: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Forward noising of local indices x0 (B, N) (codes [0, K), MASK = K); same contract and the same
-    decision rule as :func:`vpdd.diffusion.fast.q_sample`. ``uniforms`` (2, B, N) float64 replaces the
-    Philox draws (tests: with the fast path's own uniforms the result is identical)."""
+    """Forward noising of local indices x0 (B, N) at the coefficients' t: O(B·N), two draws per token.
+
+    A clean code i becomes MASK with probability γ̄, stays with ā, and is otherwise replaced by a uniform
+    code (which may be i again, giving i its β̄); float64 uniforms resolve the 1e-6 replace mass. A MASK
+    input stays MASK with probability 1/(1 + K β̄) as in the reference.
+    """
     b, n = x0.shape
-    x0c = x0.contiguous()
-    out = torch.empty_like(x0c)
-    coefs = cm.pack_coefficients(coef, b, x0.device)
-    if uniforms is not None:
-        if uniforms.shape != (2, b, n):
-            raise ValueError(f"uniforms: shape {tuple(uniforms.shape)}, expected (2, {b}, {n})")
-        u = uniforms.to(device=x0.device, dtype=torch.float64).contiguous()
-        seed = torch.zeros(1, dtype=torch.int64, device=x0.device)
-    else:
-        u = torch.zeros(1, dtype=torch.float64, device=x0.device)
-        seed = cm.draw_seed(generator, x0.device)
-    rows = b * n
-    block = 1024
-    _q_sample_kernel[(triton.cdiv(rows, block),)](
-        x0c, coefs, u, seed, out, rows, n, int(n_codes), USE_UNIFORMS=uniforms is not None, BLOCK=block
+    u = torch.rand((2, b, n), dtype=torch.float64, generator=generator, device=x0.device)
+    keep, mask = coef.cum_keep.unsqueeze(1), coef.cum_mask.unsqueeze(1)
+    code = (u[1] * n_codes).long().clamp_(max=n_codes - 1)
+    to_mask = u[0] < mask
+    kept = (u[0] >= mask) & (u[0] < mask + keep)
+    out = torch.where(to_mask, n_codes, torch.where(kept, x0, code))
+    was_mask = x0 == n_codes
+    stay_mask = u[0] < 1.0 / (1.0 + n_codes * coef.cum_replace.unsqueeze(1))
+    return torch.where(was_mask, torch.where(stay_mask, n_codes, code), out)
+
+
+def _unmasked_thresholds(
+    sx: torch.Tensor, pj: torch.Tensor, lk: dict[str, torch.Tensor], c: StepCoefficients, n_codes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P(stay), P(stay or draw from p̃)) of an unmasked token given sx = Σ_{kept, k≠j} p and p̃_j."""
+    y = sx / lk["q_0"] + pj / lk["q_j"] + EPS
+    w_stay = lk["u_j"] * (c.prev_keep * pj / lk["q_j"] + c.prev_replace * y)
+    w_pred = lk["u_0"] * c.prev_keep * sx / lk["q_0"]
+    w_unif = (n_codes - 1) * lk["u_0"] * c.prev_replace * y
+    total = w_stay + w_pred + w_unif
+    return w_stay / total, (w_stay + w_pred) / total
+
+
+def _bracket(p_j, p_notj, p_max, j_is_max, flat, r, lk, c, n_codes):
+    """(c1_lo, c1_hi, c2_lo, c2_hi) for every unmasked row; lo == hi where the kept set is known (no
+    truncation, or a ``flat`` row of equal logits, which keeps every class)."""
+    c1, c2 = _unmasked_thresholds(p_notj, p_j, lk, c, n_codes)
+    if r is None:
+        return c1, c1, c2, c2
+    zero = torch.zeros_like(p_j)
+    s_lo = torch.full_like(p_j, r - _SLACK)
+    s_hi = torch.clamp(r + p_max, max=1.0) + _SLACK
+    kept_known = j_is_max | (p_j > 1 - r + _SLACK)
+    cands = [  # (sx, p̃_j) corners: j kept with S at either end, j dropped with S at either end
+        (torch.clamp(s_lo - p_j, min=0.0), p_j),
+        (s_hi - p_j, p_j),
+        (torch.where(kept_known, torch.clamp(s_lo - p_j, min=0.0), s_lo), torch.where(kept_known, p_j, zero)),
+        (torch.where(kept_known, s_hi - p_j, s_hi), torch.where(kept_known, p_j, zero)),
+    ]
+    c1s, c2s = zip(*(_unmasked_thresholds(sx, pj, lk, c, n_codes) for sx, pj in cands), strict=True)
+    c1s, c2s = torch.stack(c1s), torch.stack(c2s)
+    c1_lo, c1_hi, c2_lo, c2_hi = c1s.amin(0), c1s.amax(0), c2s.amin(0), c2s.amax(0)
+    # only the argmax survives: everything is known exactly
+    single = p_max > r + _SLACK
+    c1x, c2x = _unmasked_thresholds(
+        torch.where(j_is_max, zero, p_max), torch.where(j_is_max, p_j, zero), lk, c, n_codes
     )
-    return out
+    c1x, c2x = torch.where(flat, c1, c1x), torch.where(flat, c2, c2x)
+    single = single | flat
+    return (
+        torch.where(single, c1x, c1_lo),
+        torch.where(single, c1x, c1_hi),
+        torch.where(single, c2x, c2_lo),
+        torch.where(single, c2x, c2_hi),
+    )
 
 
-# ------------------------------------------------------------------------------------------ reverse step
-@triton.jit
-def _reverse_step_kernel(
-    z_ptr, xt_ptr, coef_ptr, u_ptr, seed_ptr, out_ptr,
-    N, K, r,
-    stride_zb, stride_zn, stride_zk,
-    stride_xb, stride_xn,
-    TRUNCATE: tl.constexpr, USE_UNIFORMS: tl.constexpr, MAX_ITERS: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    b = row // N
-    n = row % N
-    zrow = z_ptr + b * stride_zb + n * stride_zn
-    xt = tl.load(xt_ptr + b * stride_xb + n * stride_xn).to(tl.int64)
-    masked = xt == K
-    j = tl.where(masked, 0, xt)
+def _inverse_cdf(wts: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One draw per row ∝ wts (R, K) (need not be normalised) from uniforms u (R,) float64."""
+    cw = wts.cumsum(1)
+    target = (u * cw[:, -1].double()).to(cw.dtype).unsqueeze(1)
+    return torch.searchsorted(cw, target, right=True).clamp_(max=wts.shape[1] - 1).squeeze(1)
 
-    m, s, s_notj = _row_softmax_stats(zrow, stride_zk, K, j, masked, BLOCK_K)
-    lse = m + tl.log(s)
-    z_j = tl.load(zrow + j * stride_zk).to(tl.float32)
-    p_j = tl.maximum(tl.exp(z_j - lse), FLOOR32)
 
-    # top-r: kept = {k : p_k > lo}, found by bisection on a threshold with f(lo) >= r > f(hi)
-    lo = tl.zeros((), tl.float32)
-    if TRUNCATE:
-        hi = tl.exp(m - lse)  # p_max: nothing is ranked above it
-        it = tl.zeros((), tl.int32)
-        go = lo == lo
-        while go:
-            mid = lo * 0.5 + hi * 0.5
-            f = tl.zeros((), tl.float32)
-            between = tl.zeros((), tl.int32)
-            for k0 in range(0, K, BLOCK_K):
-                offs = k0 + tl.arange(0, BLOCK_K)
-                valid = offs < K
-                x = tl.load(zrow + offs.to(tl.int64) * stride_zk, mask=valid, other=float("-inf")).to(tl.float32)
-                p = tl.exp(x - lse)
-                f += tl.sum(tl.where(p > mid, p, 0.0), axis=0)
-                between += tl.sum(((p > lo) & (p < hi)).to(tl.int32), axis=0)
-            done = (between == 0) | (mid <= lo) | (mid >= hi) | (it >= MAX_ITERS)
-            below = f < r
-            new_lo = tl.where(below, lo, mid)
-            new_hi = tl.where(below, mid, hi)
-            lo = tl.where(done, lo, new_lo)
-            hi = tl.where(done, hi, new_hi)
-            it += 1
-            go = ~done
-        # kept mass without j (dropped classes keep the e^-70 floor, as the reference's -70)
-        sx = tl.zeros((), tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs = k0 + tl.arange(0, BLOCK_K)
-            valid = offs < K
-            x = tl.load(zrow + offs.to(tl.int64) * stride_zk, mask=valid, other=float("-inf")).to(tl.float32)
-            p = tl.exp(x - lse)
-            pt = tl.where(p > lo, tl.maximum(p, FLOOR32), FLOOR32)
-            sx += tl.sum(tl.where(valid & ((offs != j) | masked), pt, 0.0), axis=0)
-        p_j = tl.where(tl.exp(z_j - lse) > lo, p_j, FLOOR32)
-        p_notj = sx.to(tl.float64)
-    else:
-        p_notj = (s_notj / s).to(tl.float64)
-    p_j64 = p_j.to(tl.float64)
+def _exact_kept_set(z_rows, lse, j, masked, u, r):
+    """Sort the rows: exact Σ_{kept, k≠j} p, whether j is kept, and a draw from the kept set without j."""
+    p = torch.exp(z_rows.to(lse.dtype) - lse.unsqueeze(1))
+    wts, order = torch.sort(p, dim=1, descending=True)
+    keep = kept_sorted(wts, r)
+    is_j = order == j.unsqueeze(1)
+    kept_j = (keep & is_j).any(1)
+    wts.mul_(keep).masked_fill_(is_j & ~masked.unsqueeze(1), 0.0)
+    sample = order.gather(1, _inverse_cdf(wts, u).unsqueeze(1)).squeeze(1)
+    return sample, wts.sum(1).double(), kept_j
 
-    ck = _load_coef(coef_ptr, b, 0)
-    cr = _load_coef(coef_ptr, b, 1)
-    cmk = _load_coef(coef_ptr, b, 2)
-    kp = _load_coef(coef_ptr, b, 3)
-    rp = _load_coef(coef_ptr, b, 4)
-    mk = _load_coef(coef_ptr, b, 5)
-    pk = _load_coef(coef_ptr, b, 6)
-    pr = _load_coef(coef_ptr, b, 7)
-    pm = _load_coef(coef_ptr, b, 8)
-    q_j = tl.where(masked, cmk, ck + cr)
-    q_0 = tl.where(masked, cmk, cr + 1e-30 * ck)
-    u_j = tl.where(masked, mk, kp + rp)
-    u_0 = tl.where(masked, mk, rp + 1e-30 * kp)
-    u_m = tl.where(masked, 1.0, 1e-30)
-    y = tl.where(masked, p_notj / q_0, p_notj / q_0 + p_j64 / q_j) + 1e-30
-    base = (pr * y).to(tl.float32)
-    slope = (pk / q_0).to(tl.float32)
-    log_u0 = tl.log(u_0).to(tl.float32)
-    at_j = tl.minimum(tl.maximum(tl.log(u_j * (pk * p_j64 / q_j + pr * y)).to(tl.float32), -70.0), 0.0)
-    at_m = tl.minimum(tl.maximum(tl.log(u_m * (pm * y + (1.0 - pm) * 1e-30)).to(tl.float32), -70.0), 0.0)
 
-    # Gumbel-argmax over the K codes, then MASK (class K); ties go to the lowest index like torch.argmax
-    ubase = row * (K + 1)
-    if not USE_UNIFORMS:
-        seed = tl.load(seed_ptr)
-    best = tl.full((), float("-inf"), tl.float32)
-    best_idx = tl.zeros((), tl.int64)
-    for k0 in range(0, K, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        valid = offs < K
-        x = tl.load(zrow + offs.to(tl.int64) * stride_zk, mask=valid, other=float("-inf")).to(tl.float32)
-        p = tl.exp(x - lse)
-        if TRUNCATE:  # noqa: SIM108 (a constexpr branch inside a Triton kernel)
-            p = tl.where(p > lo, tl.maximum(p, FLOOR32), FLOOR32)
-        else:
-            p = tl.maximum(p, FLOOR32)
-        val = tl.log(base + slope * p) + log_u0
-        val = tl.minimum(tl.maximum(val, -70.0), 0.0)
-        val = tl.where((offs == j) & (~masked), at_j, val)
-        uoffs = ubase + offs.to(tl.int64)
-        if USE_UNIFORMS:
-            u = tl.load(u_ptr + uoffs, mask=valid, other=0.5)
-            g = _gumbel(u, True)
-        else:
-            g = _gumbel(_philox_uniform(seed, uoffs), False)
-        score = tl.where(valid, val + g, float("-inf"))
-        blk_best, blk_idx = tl.max(score, axis=0, return_indices=True, return_indices_tie_break_left=True)
-        better = blk_best > best
-        best = tl.where(better, blk_best, best)
-        best_idx = tl.where(better, k0 + blk_idx.to(tl.int64), best_idx)
-    if USE_UNIFORMS:
-        g_m = _gumbel(tl.load(u_ptr + ubase + K), True)
-    else:
-        g_m = _gumbel(_philox_uniform(seed, ubase + K), False)
-    best_idx = tl.where(at_m + g_m > best, K, best_idx)
-    tl.store(out_ptr + row, best_idx)
+def _draw_truncated(z_rows, lse, j, masked, u, r, generator):
+    """A draw from the top-r kept set (without j on unmasked rows) by rejection, with no sort.
+
+    Propose k ∝ p (j excluded) by inverse CDF in class order and accept iff the mass strictly above p_k is
+    < r, which is the reference's keep rule; the acceptance rate is the kept mass (≥ r), so about 1/r
+    proposals per row. Rejected rows redraw from ``generator``."""
+    p = torch.exp(z_rows.to(lse.dtype) - lse.unsqueeze(1))
+    jj = j.unsqueeze(1)
+    p_j = p.gather(1, jj).squeeze(1)
+    excluded = torch.where(masked, 0.0, p_j)  # j counts in the ranking but is never proposed
+    p.scatter_(1, jj, torch.where(masked, p_j, 0.0).unsqueeze(1))
+    sample = torch.empty_like(j)
+    todo = None  # all rows in the first round
+    while True:
+        rows = p if todo is None else p[todo]
+        prop = _inverse_cdf(rows, u)
+        if r is None:
+            sample[:] = prop
+            break
+        p_k = rows.gather(1, prop.unsqueeze(1))
+        ex = excluded if todo is None else excluded[todo]
+        above = torch.where(rows > p_k, rows, 0.0).sum(1) + torch.where(ex > p_k.squeeze(1), ex, 0.0)
+        ok = above < r
+        ids = torch.arange(p.shape[0], device=p.device) if todo is None else todo
+        sample[ids[ok]] = prop[ok]
+        todo = ids[~ok]
+        if todo.numel() == 0:
+            break
+        u = torch.rand(todo.numel(), dtype=torch.float64, generator=generator, device=p.device)
+    return sample
 
 
 def reverse_step(
@@ -234,33 +173,71 @@ def reverse_step(
     truncation_r: float | None = None,
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
-    *,
-    block_k: int | None = None,
-    max_iters: int = 160,
 ) -> torch.Tensor:
-    """Draw x_{t'} (B, N) local indices (MASK = K) from p_θ(x_{t'} | x_t) of one modality; the contract of
-    :func:`vpdd.diffusion.fast_sampling.reverse_step` except ``uniforms``: here (B·N, K+1) float32 in
-    [0, 1), one per (token, class) as the reference's Gumbel-argmax uses them (tests)."""
-    cm.check_logits(z, x_t)
+    """Draw x_{t'} (local indices, MASK = K) from p_θ(x_{t'} | x_t) for one modality.
+
+    ``z`` (B, N, K) logits, ``x_t`` (B, N) local indices, ``coef`` for the step t' → t. Randomness is three
+    float64 uniforms per token, drawn from ``generator`` or passed as ``uniforms`` (3, B*N) in [0, 1).
+    """
     b, n, k = z.shape
+    rows_total = b * n
     r = None if truncation_r is None or truncation_r >= 1 else float(truncation_r)
-    coefs = cm.pack_coefficients(coef, b, z.device)
-    if uniforms is not None:
-        if uniforms.shape != (b * n, k + 1):
-            raise ValueError(f"uniforms: shape {tuple(uniforms.shape)}, expected ({b * n}, {k + 1})")
-        u = uniforms.to(device=z.device, dtype=torch.float32).contiguous()
-        seed = torch.zeros(1, dtype=torch.int64, device=z.device)
-    else:
-        u = torch.zeros(1, dtype=torch.float32, device=z.device)
-        seed = cm.draw_seed(generator, z.device)
-    out = torch.empty(b * n, dtype=torch.int64, device=z.device)
-    blk = cm.block_k(k, block_k)
-    _reverse_step_kernel[(b * n,)](
-        z, x_t, coefs, u, seed, out,
-        n, k, 0.0 if r is None else r,
-        z.stride(0), z.stride(1), z.stride(2),
-        x_t.stride(0), x_t.stride(1),
-        TRUNCATE=r is not None, USE_UNIFORMS=uniforms is not None, MAX_ITERS=max_iters,
-        BLOCK_K=blk, num_warps=cm.num_warps(blk),
-    )  # fmt: skip
+    z2, xt = z.detach().reshape(rows_total, k), x_t.reshape(-1)
+    if uniforms is None:
+        uniforms = torch.rand((3, rows_total), dtype=torch.float64, generator=generator, device=z.device)
+    u_part, u_draw, u_code = uniforms[0], uniforms[1], uniforms[2]
+    c = per_row(coef, n)
+    masked = xt == k
+    j = torch.where(masked, 0, xt)
+
+    stats = torch.empty(4, rows_total, dtype=torch.float64, device=z.device)  # lse, p_j, p_notj, p_max
+    j_is_max = torch.empty(rows_total, dtype=torch.bool, device=z.device)
+    flat = torch.empty(rows_total, dtype=torch.bool, device=z.device)  # all logits equal
+    for rows in row_chunks(rows_total, k):
+        zc = z2[rows]
+        st = row_stats(zc, j[rows], masked[rows])
+        z_j = zc.gather(1, j[rows].unsqueeze(1)).squeeze(1).float()
+        stats[0, rows], stats[1, rows] = st.lse, (z_j - st.lse).exp()
+        stats[2, rows], stats[3, rows] = st.s_notj / st.s, 1.0 / st.s
+        j_is_max[rows] = z_j >= st.zmax
+        flat[rows] = zc.amin(1) == st.zmax
+        del st
+    lse, p_j, p_notj, p_max = stats
+    lk = likelihoods(masked, c)
+
+    # masked rows: MASK | p̃ | uniform, independent of the truncation
+    w_mask, w_pred, w_unif = c.prev_mask, c.mask * c.prev_keep, c.mask * k * c.prev_replace
+    tot = w_mask + w_pred + w_unif
+    part_masked = torch.where(u_part < w_mask / tot, _MASK, torch.where(u_part < (w_mask + w_pred) / tot, _PRED, _UNIF))
+    # unmasked rows: stay | p̃ without j | uniform ≠ j, bracketed over the unknown kept set
+    c1_lo, c1_hi, c2_lo, c2_hi = _bracket(p_j, p_notj, p_max, j_is_max, flat, r, lk, c, k)
+    surely_pred = (u_part >= c1_hi) & (u_part < c2_lo)
+    part_unmasked = torch.where(
+        u_part < c1_lo, _STAY, torch.where(u_part >= c2_hi, _UNIF, torch.where(surely_pred, _PRED, -1))
+    )
+    part = torch.where(masked, part_masked, part_unmasked)
+
+    code = (u_code * torch.where(masked, k, k - 1)).long().clamp_(max=k - 1)
+    code = torch.where(masked, code, code + (code >= j).long())
+    pred = torch.zeros_like(j)
+    lse_c = lse.to(torch.float64 if z.dtype == torch.float64 else torch.float32)
+    # rows whose part depends on the exact kept set: sort them, decide, and keep their draw
+    ambiguous = torch.nonzero(part == -1).squeeze(1)
+    for sel in row_chunks(ambiguous.numel(), k):
+        idx = ambiguous[sel]
+        sample, sx, kept_j = _exact_kept_set(z2[idx], lse_c[idx], j[idx], masked[idx], u_draw[idx], r)
+        cs = rows_of(c, idx)
+        c1, c2 = _unmasked_thresholds(
+            sx, torch.where(kept_j, p_j[idx], 0.0), {key: v[idx] for key, v in lk.items()}, cs, k
+        )
+        uu = u_part[idx]
+        part[idx] = torch.where(uu < c1, _STAY, torch.where(uu < c2, _PRED, _UNIF))
+        pred[idx] = sample
+    # rows drawing from the truncated prediction: rejection sampling
+    was_ambiguous = ~masked & (part_unmasked == -1)
+    draw = torch.nonzero((part == _PRED) & ~was_ambiguous).squeeze(1)
+    for sel in row_chunks(draw.numel(), k):
+        idx = draw[sel]
+        pred[idx] = _draw_truncated(z2[idx], lse_c[idx], j[idx], masked[idx], u_draw[idx], r, generator)
+    out = torch.where(part == _MASK, k, torch.where(part == _STAY, j, torch.where(part == _UNIF, code, pred)))
     return out.reshape(b, n)

@@ -1,4 +1,5 @@
-"""``fast`` against ``reference``: loss terms, loss, gradients and posterior on every edge case.
+"""``fast`` (vpdd_kernels' PyTorch references, what the scheduler runs on a CPU) against ``reference``: loss
+terms, loss, gradients and posterior on every edge case.
 
 Tolerances (documented in docs/diffusion.md):
   per-token kl / dec_nll / aux   |fast - ref| <= 1e-5 + 2e-6·|ref|   (ref = the float32 oracle; the oracle
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from vpdd_kernels import loss, posterior
 
-from vpdd.diffusion import MaskReplaceScheduler, TokenLayout, fast
+from vpdd.diffusion import MaskReplaceScheduler, TokenLayout
 from vpdd.diffusion.reference import ReferenceDiffusion
 from vpdd.diffusion.schedule import combine_loss
 
@@ -117,7 +119,7 @@ def test_custom_backward_passes_gradcheck(schedule):
     x_t[1] = 7
     coef = sched.tables.coefficients(t, t - 1, 0)
     z = torch.randn(4, 5, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda z: fast.loss_terms(z, x0, x_t, coef), (z,), eps=1e-6, atol=1e-5, rtol=1e-3)
+    assert torch.autograd.gradcheck(lambda z: loss.loss_terms(z, x0, x_t, coef), (z,), eps=1e-6, atol=1e-5, rtol=1e-3)
 
 
 @pytest.mark.parametrize("stride, truncation_r", [(1, None), (1, 0.88), (4, None), (9, 0.5)])
@@ -156,3 +158,88 @@ def test_low_precision_logits_are_computed_in_float32():
     (g16,), (g32,) = torch.autograd.grad(loss16, [v16]), torch.autograd.grad(loss32, [v32])
     assert g16.dtype == torch.bfloat16
     torch.testing.assert_close(g16.float(), g32, rtol=1e-2, atol=1e-2 * float(g32.abs().max()))
+
+
+# ----------------------------------------------------------------- defects fixed when the row maths became one copy
+def _t0_clamp_case():
+    """t = 0, every video token with log p(x0) = -100 < -70: kept, masked and replaced x_t."""
+    layout = TokenLayout(7, 3, 4, 2)
+    sched = MaskReplaceScheduler(layout)
+    x0 = torch.tensor([[1, 2, 3, 4, 8, 9]])
+    x_t = torch.tensor([[1, 2, layout.mask_id, 5, 8, 9]])
+    video = torch.zeros(1, 4, 7)
+    video[0, torch.arange(4), x0[0, :4]] = -100.0
+    return layout, sched, x0, x_t, video, torch.zeros(1, 2, 3), torch.tensor([0])
+
+
+def test_t0_clamped_nll_has_zero_gradient():
+    """The decoder NLL is clamped at 70 when log p(x0) < -70 (the prediction's clamp): its gradient is 0, as
+    autograd through the reference gives."""
+    layout, sched, x0, x_t, video, action, t = _t0_clamp_case()
+    ref = ReferenceDiffusion(sched.tables, layout)
+    v = video.clone().requires_grad_()
+    nll_ref = ref.loss_terms(v, action, x0, x_t, t)["nll"][:, :4]
+    (g_ref,) = torch.autograd.grad(nll_ref.sum(), v)
+    z = video.clone().requires_grad_()
+    coef = sched.tables.coefficients(t, t - 1, 0)
+    _, nll, _ = loss.loss_terms(z, layout.to_local(x0[:, :4], 0), layout.to_local(x_t[:, :4], 0), coef, 3)
+    (g,) = torch.autograd.grad(nll.sum(), z)
+    torch.testing.assert_close(nll, torch.full_like(nll, 70.0))
+    torch.testing.assert_close(nll_ref, torch.full_like(nll, 70.0))
+    assert g_ref.abs().max() == 0
+    assert g.abs().max() < 1e-12, g
+
+
+def test_truncation_keeps_tied_classes_whatever_their_order():
+    """Tie-inclusive top-r: a class is kept iff the mass strictly above it is < r, so exactly tied logits
+    (all-zero action logits in pre-training) are all kept or all dropped, in every path."""
+    layout = TokenLayout(12, 48, 2, 3)
+    sched = MaskReplaceScheduler(layout)
+    t = torch.tensor([40])
+    coef = sched.tables.coefficients(t, t - 1, 1)
+    z = torch.zeros(1, 3, 48)
+    x_t = torch.tensor([[48, 5, 48]])
+    torch.testing.assert_close(
+        posterior.posterior_log_probs(z, x_t, coef, 0.88), posterior.posterior_log_probs(z, x_t, coef)
+    )
+    ref = ReferenceDiffusion(sched.tables, layout)
+    lp = torch.log(torch.full((1, 4, 2), 0.25))
+    assert torch.equal(ref.truncate(lp, 0.5), lp)
+    keep = posterior.truncation_keep(torch.full((2, 4), 0.25), 0.5)
+    assert keep.all()
+
+
+def test_reverse_step_with_tied_logits_matches_the_tie_inclusive_posterior(pvalue):
+    """Unmasked tokens with constant logits: the kept set is every class, so the draws follow the
+    untruncated posterior."""
+    layout = TokenLayout(6, 8, 1, 2)
+    sched = MaskReplaceScheduler(layout, **WIDE_REPLACE)
+    draws = 20_000
+    x_t = torch.tensor([[2, 6 + 3, 6 + 5]]).expand(draws, -1)
+    video = torch.randn(1, 1, 6).expand(draws, -1, -1)
+    action = torch.zeros(draws, 2, 8)
+    t = torch.full((draws,), 60)
+    probs = sched.reference.sampling_probs(video[:1], action[:1], x_t[:1], t[:1], t[:1] - 1, None)[0]
+    xs = sched.step(video, action, x_t, t, generator=torch.Generator().manual_seed(0), truncation_r=0.88)
+    for n in (1, 2):
+        counts = torch.bincount(xs[:, n], minlength=layout.num_classes).numpy()
+        assert pvalue(counts, probs[:, n].numpy()) > 1e-4, n
+
+
+def test_large_logits_give_the_gradients_of_shifted_logits():
+    """Softmax is shift-invariant: logits + 65536 (exactly representable here) give the same loss terms and
+    gradients, to float32 rounding of the shifted values' maths."""
+    sched = MaskReplaceScheduler(LAYOUT, **WIDE_REPLACE)
+    x0, x_t, t, video, _ = _batch(LAYOUT, sched, 3.0)
+    z = (video.detach() * 64).round() / 64
+    coef = sched.tables.coefficients(t, t - 1, 0)
+    args = (LAYOUT.to_local(x0[:, :12], 0), LAYOUT.to_local(x_t[:, :12], 0), coef, 7)
+    out = []
+    for shift in (0.0, 65536.0):
+        zz = (z + shift).requires_grad_()
+        terms = loss.loss_terms(zz, *args)
+        (g,) = torch.autograd.grad(sum(term.sum() for term in terms), zz)
+        out.append((terms, g))
+    for a, b in zip(out[0][0], out[1][0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-6 * float(out[0][1].abs().max()))

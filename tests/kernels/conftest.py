@@ -21,7 +21,7 @@ _saved = os.environ.get("TRITON_INTERPRET")
 if INTERPRET:
     os.environ["TRITON_INTERPRET"] = "1"
 try:
-    for _mod in ("vpdd_kernels.posterior", "vpdd_kernels.sampling", "vpdd_kernels.loss"):
+    for _mod in ("vpdd_kernels.posterior_triton", "vpdd_kernels.sampling_triton", "vpdd_kernels.loss_triton"):
         importlib.import_module(_mod)
 finally:
     if _saved is None:

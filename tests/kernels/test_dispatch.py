@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vpdd_kernels import dispatch
+from vpdd_kernels import dispatch, loss
 
-from vpdd.diffusion import fast
 from vpdd.diffusion.scheduler import MaskReplaceScheduler
 
 from ._problems import LAYOUT, problem
@@ -21,7 +20,7 @@ def test_resolve_and_env_override(monkeypatch):
     with pytest.raises(ValueError, match="VPDD_KERNEL_IMPL='cuda'"):
         dispatch.resolve_impl("auto")
     monkeypatch.delenv(dispatch.ENV_VAR)
-    assert dispatch.ops_for("torch").loss_terms is fast.loss_terms
+    assert dispatch.ops_for("torch").loss_terms is loss.loss_terms
     assert dispatch.ops("triton").impl == "triton"
     with pytest.raises(ValueError, match="kernel.impl"):
         MaskReplaceScheduler(LAYOUT, kernel_impl="fastest")
@@ -58,3 +57,37 @@ def test_scheduler_through_the_switch(device):
         torch.testing.assert_close(u, v, rtol=0, atol=2e-5)
     x_prev = tri.step(zv, za, xt, t, generator=g)
     assert LAYOUT.is_valid(x_prev)
+
+
+@pytest.mark.parametrize("kernel_impl", ["triton", "torch"])
+def test_config_value_picks_what_runs(monkeypatch, device, kernel_impl):
+    """``from_config(..., kernel_impl=...)`` decides which implementation the scheduler calls (spied at the
+    launchers), ``kernel_impl_for`` reports it, and ``VPDD_KERNEL_IMPL`` overrides the config value."""
+    from vpdd_kernels import loss_triton, posterior, posterior_triton
+
+    from vpdd.config.diffusion import DiffusionConfig
+
+    calls: list[str] = []
+
+    def spy(module, name, tag):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, **k: calls.append(tag) or real(*a, **k))
+
+    spy(loss_triton, "loss_terms", "triton")
+    spy(posterior_triton, "posterior_log_probs", "triton")
+    spy(loss, "loss_terms", "torch")
+    spy(posterior, "posterior_log_probs", "torch")
+    sched = MaskReplaceScheduler.from_config(DiffusionConfig(), LAYOUT, device=device, kernel_impl=kernel_impl)
+    again = MaskReplaceScheduler.from_dict(sched.to_dict(), device=device, kernel_impl=kernel_impl)
+    assert sched.kernel_impl_for() == again.kernel_impl_for(device) == kernel_impl
+    zv, za, x0, xt = problem(15, device)
+    t = torch.tensor([3, 40], device=device)
+    sched.loss(zv, za, x0, xt, t, torch.full((2,), 0.01, device=device), update_history=False)
+    again.posterior_log_probs(zv, za, xt, t)
+    assert calls == [kernel_impl] * 4  # two modalities, two operations
+    other = "torch" if kernel_impl == "triton" else "triton"
+    monkeypatch.setenv(dispatch.ENV_VAR, other)
+    assert sched.kernel_impl_for() == other
+    assert MaskReplaceScheduler(LAYOUT, kernel_impl="auto").kernel_impl_for("cpu") == other
+    monkeypatch.delenv(dispatch.ENV_VAR)
+    assert MaskReplaceScheduler(LAYOUT).kernel_impl_for("cpu") == "torch"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vpdd_kernels import loss as kl_
+from vpdd_kernels import loss
+from vpdd_kernels import loss_triton as kl_
 
-from vpdd.diffusion import fast
 from vpdd.diffusion.layout import ACTION, VIDEO
 
 from ._problems import LAYOUT, guarded, local, problem, reference, tables
@@ -31,7 +31,7 @@ def test_loss_matches_fast(device, t, replace):
         pos = LAYOUT.positions(m)
         args = (local(x0, m), local(xt, m), tab.coefficients(t, t - 1, m), LAYOUT.n_codes(1 - m), w[:, :, pos])
         got, g_got = _run(kl_.loss_terms, z, *args)
-        want, g_want = _run(fast.loss_terms, z, *args)
+        want, g_want = _run(loss.loss_terms, z, *args)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-6 * g_want.abs().max().item() + 1e-7)
@@ -80,7 +80,7 @@ def test_loss_bf16_block_invariance_and_guards(device):
     # bf16 logits: float32 maths, gradient stored in bf16
     zb = zv.to(torch.bfloat16)
     got, g_got = _run(kl_.loss_terms, zb, x0l, xtl, coef, 5, w)
-    want, g_want = _run(fast.loss_terms, zb, x0l, xtl, coef, 5, w)
+    want, g_want = _run(loss.loss_terms, zb, x0l, xtl, coef, 5, w)
     assert g_got.dtype == torch.bfloat16
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-5)
@@ -97,7 +97,7 @@ def test_loss_partial_upstream_gradients(device):
     coef = tab.coefficients(t, t - 1, VIDEO)
     za, zb = zv.clone().requires_grad_(), zv.clone().requires_grad_()
     kl_.loss_terms(za, local(x0, VIDEO), local(xt, VIDEO), coef)[0].sum().backward()
-    fast.loss_terms(zb, local(x0, VIDEO), local(xt, VIDEO), coef)[0].sum().backward()
+    loss.loss_terms(zb, local(x0, VIDEO), local(xt, VIDEO), coef)[0].sum().backward()
     torch.testing.assert_close(za.grad, zb.grad, rtol=1e-4, atol=1e-7)
 
 
@@ -115,8 +115,33 @@ def test_loss_large_gpu(dtype):
     coef = tab.coefficients(t, t - 1, VIDEO)
     w = torch.ones(3, 8, 1152, device="cuda")
     got, g_got = _run(kl_.loss_terms, z, x0, xt, coef, 48, w)
-    want, g_want = _run(fast.loss_terms, z, x0, xt, coef, 48, w)
+    want, g_want = _run(loss.loss_terms, z, x0, xt, coef, 48, w)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=1e-4)
     tol = 1e-2 if dtype == torch.bfloat16 else 1e-4
     torch.testing.assert_close(g_got.float(), g_want.float(), rtol=tol, atol=tol * g_want.float().abs().max().item())
+
+
+def test_loss_clamp_at_t0_and_shifted_logits(device):
+    """The two loss defects, in the kernel (the row algebra is shared with the PyTorch reference): at t = 0
+    with log p(x0) < -70 the NLL is the clamp (70) and its gradient 0; logits + 65536 (exact here) give the
+    same terms and gradients."""
+    tab = tables(0.05)
+    zv, _, x0, xt = problem(14, device)
+    x0l, xtl = local(x0, VIDEO), local(xt, VIDEO)
+    t = torch.tensor([0, 0], device=device)
+    z = (zv * 64).round() / 64
+    z[torch.arange(2)[:, None], torch.arange(5)[None, :], x0l] = -100.0
+    zz = z.clone().requires_grad_()
+    _, nll, _ = kl_.loss_terms(zz, x0l, xtl, tab.coefficients(t, t - 1, VIDEO), 5)
+    (g,) = torch.autograd.grad(nll.sum(), zz)
+    torch.testing.assert_close(nll, torch.full_like(nll, 70.0))
+    assert g.abs().max() < 1e-12
+    t = torch.tensor([0, 37], device=device)
+    coef = tab.coefficients(t, t - 1, VIDEO)
+    w = torch.ones(3, *zv.shape[:2], device=device)
+    base, g_base = _run(kl_.loss_terms, (zv * 64).round() / 64, x0l, xtl, coef, 5, w)
+    shifted, g_shifted = _run(kl_.loss_terms, (zv * 64).round() / 64 + 65536.0, x0l, xtl, coef, 5, w)
+    for a, b in zip(shifted, base, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_shifted, g_base, rtol=1e-4, atol=1e-6 * g_base.abs().max().item())

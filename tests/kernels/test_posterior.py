@@ -1,12 +1,12 @@
-"""Fused posterior kernel against the PyTorch fast path and the reference oracle (interpreter on CPU)."""
+"""Fused posterior kernel against its PyTorch reference and the reference oracle (interpreter on CPU)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from vpdd_kernels import posterior as kp
+from vpdd_kernels import posterior
+from vpdd_kernels import posterior_triton as kp
 
-from vpdd.diffusion import fast
 from vpdd.diffusion.layout import ACTION, VIDEO
 
 from ._problems import LAYOUT, guarded, local, problem, reference, tables
@@ -34,7 +34,7 @@ def test_posterior_matches_fast_and_reference(device, t, t_prev, replace):
         coef = tab.coefficients(t, t_prev, m)
         got = kp.posterior_log_probs(z, local(xt, m), coef)
         assert got.shape == (*z.shape[:2], z.shape[2] + 1) and got.dtype == torch.float32
-        torch.testing.assert_close(got, fast.posterior_log_probs(z, local(xt, m), coef), rtol=0, atol=ATOL)
+        torch.testing.assert_close(got, posterior.posterior_log_probs(z, local(xt, m), coef), rtol=0, atol=ATOL)
         want = _reference_local(ref, zv, za, xt, t, t_prev, m)
         torch.testing.assert_close(got, want, rtol=0, atol=ATOL)
 
@@ -71,7 +71,7 @@ def test_posterior_bf16_inputs(device):
     t = torch.tensor([40, 5], device=device)
     coef = tab.coefficients(t, t - 1, VIDEO)
     got = kp.posterior_log_probs(zb, local(xt, VIDEO), coef)
-    torch.testing.assert_close(got, fast.posterior_log_probs(zb, local(xt, VIDEO), coef), rtol=0, atol=ATOL)
+    torch.testing.assert_close(got, posterior.posterior_log_probs(zb, local(xt, VIDEO), coef), rtol=0, atol=ATOL)
 
 
 def test_posterior_truncation_falls_back(device):
@@ -80,4 +80,4 @@ def test_posterior_truncation_falls_back(device):
     t = torch.tensor([40, 5], device=device)
     coef = tab.coefficients(t, t - 1, VIDEO)
     got = kp.posterior_log_probs(zv, local(xt, VIDEO), coef, 0.5)
-    assert torch.equal(got, fast.posterior_log_probs(zv, local(xt, VIDEO), coef, 0.5))
+    assert torch.equal(got, posterior.posterior_log_probs(zv, local(xt, VIDEO), coef, 0.5))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from scipy import stats
-from vpdd_kernels import sampling as ks
+from vpdd_kernels import posterior, sampling
+from vpdd_kernels import sampling_triton as ks
 
-from vpdd.diffusion import fast
 from vpdd.diffusion.layout import ACTION, VIDEO
 from vpdd.diffusion.schedule import ScheduleTables
 
@@ -40,6 +40,28 @@ def test_reverse_step_bit_exact_with_reference_uniforms(device, r, t, t_prev):
         uu = u[:, cls, pos].permute(0, 2, 1).reshape(-1, k + 1)
         got = ks.reverse_step(z, local(xt, m), tab.coefficients(t, t_prev, m), r, uniforms=uu)
         assert torch.equal(LAYOUT.from_local(got, m), want[:, pos])
+
+
+def test_reverse_step_with_tied_logits_matches_the_reference(device):
+    """All-zero action logits (pre-training) tie every class. The Triton bisection and the oracle's
+    tie-inclusive truncation keep the same set (all 5 classes at r = 0.5, where an order-dependent sort
+    keeps 3), so draws fed the same uniforms are identical."""
+    tab = tables(0.05)
+    ref = reference(tab, device)
+    zv, za, x0, xt = problem(16, device)
+    za = torch.zeros_like(za)
+    t, t_prev = torch.tensor([50, 0], device=device), torch.tensor([49, -1], device=device)
+    lp = ref.predict_start(zv, za)[:, :, LAYOUT.n_video_tokens :]
+    assert torch.equal(ref.truncate(lp, 0.5), lp)
+    pos, off, k = LAYOUT.positions(ACTION), LAYOUT.code_offset(ACTION), LAYOUT.n_codes(ACTION)
+    cls = list(range(off, off + k)) + [LAYOUT.mask_id]
+    g = torch.Generator(device=device).manual_seed(4)
+    for _ in range(4):
+        u = torch.rand(xt.shape[0], LAYOUT.num_classes, LAYOUT.seq_len, generator=g, device=device)
+        want = _reference_draw(ref, zv, za, xt, t, t_prev, 0.5, u)[:, pos]
+        uu = u[:, cls, pos].permute(0, 2, 1).reshape(-1, k + 1)
+        got = ks.reverse_step(za, local(xt, ACTION), tab.coefficients(t, t_prev, ACTION), 0.5, uniforms=uu)
+        assert torch.equal(LAYOUT.from_local(got, ACTION), want)
 
 
 def test_reverse_step_deterministic_seeded_block_invariant_guarded(device):
@@ -84,7 +106,7 @@ def test_reverse_step_philox_distribution(device, xt_value, r, n):
     t, t_prev = torch.tensor([60], device=device), torch.tensor([20], device=device)
     coef = tab.coefficients(t, t_prev, VIDEO)
     draws = ks.reverse_step(z, xt, coef, r, torch.Generator(device=device).manual_seed(7)).reshape(-1).cpu()
-    logp = fast.posterior_log_probs(z[:, :1], xt[:, :1], coef, r).reshape(-1).double()
+    logp = posterior.posterior_log_probs(z[:, :1], xt[:, :1], coef, r).reshape(-1).double()
     probs = torch.softmax(logp, 0).cpu()
     assert _chi2_pvalue(draws, probs) > 1e-3
 
@@ -98,7 +120,7 @@ def test_q_sample_bit_exact_with_fast_uniforms(device):
         t = torch.tensor([0, 63], device=device)
         coef = tab.coefficients(t, t - 1, m)
         g = torch.Generator(device=device).manual_seed(3)
-        want = fast.q_sample(x, coef, LAYOUT.n_codes(m), g)
+        want = sampling.q_sample(x, coef, LAYOUT.n_codes(m), g)
         g = torch.Generator(device=device).manual_seed(3)
         u = torch.rand((2, *x.shape), dtype=torch.float64, generator=g, device=device)
         assert torch.equal(ks.q_sample(x, coef, LAYOUT.n_codes(m), uniforms=u), want)

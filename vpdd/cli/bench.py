@@ -10,7 +10,7 @@ BENCHMARKS = {
     "collect": ("vpdd.data.benchmark", "Meta-World collection throughput (frames/s per core)"),
     "diffusion": ("vpdd.diffusion.benchmark", "diffusion loss / reverse step: fast vs reference PyTorch"),
     "tokenizer": ("vpdd.tokenizer.benchmark", "VQ-VAE encoding throughput"),
-    "kernels": ("vpdd_kernels.benchmark", "Triton kernels vs eager/compiled reference (GPU); fallbacks (CPU)"),
+    "kernels": ("vpdd.diffusion.kernel_benchmark", "Triton kernels vs eager/compiled reference (GPU); fallbacks (CPU)"),
     "train": ("vpdd.train.benchmark", "training step time of pre-training and fine-tuning"),
     "control": ("vpdd.eval.benchmark", "closed-loop success against seconds per control step (stride, chunk, batch)"),
 }

@@ -7,8 +7,8 @@ token's modality, with a MASK row of -70 and a clamp to [-70, 0]; the posterior 
 sampling is a Gumbel-argmax over C with the other modality's classes set to -1e4.
 
 This module is slow and memory hungry on purpose (dozens of (B, C, N) temporaries). It is the test oracle
-for :mod:`vpdd.diffusion.fast` and the "reference" implementation behind the scheduler. Indices (B, N) are
-the interface at both ends, as for the fast path. The only generalisation over the released code is
+for :mod:`vpdd_kernels` and the "reference" implementation behind the scheduler. Indices (B, N) are
+the interface at both ends, as for the kernels. The only generalisation over the released code is
 ``t_prev`` (strided sampling, see :mod:`vpdd.diffusion.schedule`); ``t_prev = t - 1`` is the paper's chain.
 """
 
@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from vpdd_kernels import EPS, LOG_FLOOR, kept_sorted
 
 from vpdd.diffusion.layout import TokenLayout
 from vpdd.diffusion.schedule import ScheduleTables
 
 PAD_LOGIT = -1.0e4  # logits of the other modality's classes
-LOG_FLOOR = -70.0  # clamp of log-probabilities
 
 
 def index_to_log_onehot(x: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, N) indices -> (B, C, N) log one-hot with zeros clamped to 1e-30."""
     onehot = F.one_hot(x, num_classes).permute(0, 2, 1).to(dtype)
-    return torch.log(onehot.clamp(min=1e-30))
+    return torch.log(onehot.clamp(min=EPS))
 
 
 def log_onehot_to_index(log_x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,7 @@ class ReferenceDiffusion:
         x_t = log_onehot_to_index(log_x_t)
         mask = (x_t == c - 1).unsqueeze(1)
         log_one_vector = torch.zeros(b, 1, 1, dtype=log_x_t.dtype, device=log_x_t.device)
-        log_zero_vector = torch.log(log_one_vector + 1.0e-30).expand(-1, -1, n)
+        log_zero_vector = torch.log(log_one_vector + EPS).expand(-1, -1, n)
 
         log_qt = self.q_pred(log_x_t, t)[:, :-1, :]
         ct_cumprod_vector = _extract(self.buf["log_cumprod_ct"], t).expand(-1, c - 1, -1)
@@ -162,10 +162,12 @@ class ReferenceDiffusion:
     @staticmethod
     def truncate(log_probs: torch.Tensor, truncation_r: float) -> torch.Tensor:
         """VQ-Diffusion's top-r: keep a class iff the mass ranked above it is < r (top-1 always); the rest
-        become -70; no renormalisation."""
+        become -70; no renormalisation. Ties are kept together (the mass *strictly* above decides), where
+        the released code's unstable sort would keep an order-dependent part of a tied group."""
         sorted_lp, indices = torch.sort(log_probs, 1, descending=True)
-        below = sorted_lp.exp().cumsum(dim=1) < truncation_r
-        keep = torch.cat((torch.ones_like(below[:, 0:1, :]), below), dim=1)[:, :-1, :]
+        b, c, n = log_probs.shape
+        rows = sorted_lp.exp().permute(0, 2, 1).reshape(b * n, c)
+        keep = kept_sorted(rows, truncation_r).reshape(b, n, c).permute(0, 2, 1)
         keep = keep.gather(1, indices.argsort(1)).float()
         return keep * log_probs + (1 - keep) * LOG_FLOOR
 
@@ -181,7 +183,7 @@ class ReferenceDiffusion:
         """Modality-masked Gumbel-argmax over C -> (B, N) indices."""
         logits = self.modality_masked(log_probs)
         u = torch.rand(logits.shape, generator=generator, device=logits.device)
-        gumbel = -torch.log(-torch.log(u + 1e-30) + 1e-30)
+        gumbel = -torch.log(-torch.log(u + EPS) + EPS)
         return (gumbel + logits).argmax(dim=1)
 
     # -------------------------------------------------------------- operations

@@ -19,16 +19,16 @@ with s = -1 meaning the identity entry. For s = t-1 these are exactly the code's
 jumps t → t-s using the (t-s → t) transition and the cumulative rates at t-s.
 
 :class:`ScheduleTables` holds the float64 tables and hands out per-sample :class:`StepCoefficients`, the
-only schedule input the fast path and a future Triton kernel need.
+only schedule input the kernels (``vpdd_kernels``, which defines the type) need.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 import torch
+from vpdd_kernels import StepCoefficients
 
 
 def cumulative_keep_rates(num_timesteps: int, att_1: float, att_T: float) -> np.ndarray:
@@ -64,29 +64,6 @@ def one_step_rates(cum_keep: np.ndarray, cum_mask: np.ndarray) -> tuple[np.ndarr
 def log_1_min_a(a: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(a) + 1e-40), as the released code computes it."""
     return torch.log(1 - a.exp() + 1e-40)
-
-
-class StepCoefficients(NamedTuple):
-    """Per-sample schedule values of one modality for a reverse/forward step t_prev → t (all (B,) float64).
-
-    ``cum_*`` are at t, ``prev_*`` are the cumulative values at t_prev (the identity when t_prev = -1), and
-    ``keep/replace/mask`` are the transition t_prev → t. ``replace`` values are per class (divided by K_M).
-    """
-
-    cum_keep: torch.Tensor
-    cum_replace: torch.Tensor
-    cum_mask: torch.Tensor
-    keep: torch.Tensor
-    replace: torch.Tensor
-    mask: torch.Tensor
-    prev_keep: torch.Tensor
-    prev_replace: torch.Tensor
-    prev_mask: torch.Tensor
-    # the *other* modality's per-class replace masses (at t, of the transition, at t_prev): the released
-    # code's q_pred puts them on the other modality's classes of every token (algorithm.md §3.4)
-    cross_cum_replace: torch.Tensor
-    cross_replace: torch.Tensor
-    cross_prev_replace: torch.Tensor
 
 
 @dataclass

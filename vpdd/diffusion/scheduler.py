@@ -12,12 +12,12 @@ the only place the train and sample loops touch diffusion maths:
 
 Its constructor arguments round-trip through :meth:`to_dict`/:meth:`from_dict` (store them beside a
 checkpoint), and :meth:`state_dict`/:meth:`load_state_dict` carry the importance-sampling history so a run
-resumes exactly. ``impl`` picks the PyTorch implementation: ``"fast"`` (:mod:`vpdd.diffusion.fast`, index
-state, closed forms) or ``"reference"`` (:mod:`vpdd.diffusion.reference`, the released code's maths).
-Under ``impl="fast"``, ``kernel_impl`` (the ``kernel.impl`` config, overridden by ``VPDD_KERNEL_IMPL``:
-auto|triton|torch) picks, per call and per tensor device, the fused Triton kernels of ``vpdd_kernels`` or
-the PyTorch functions of ``fast``; ``auto`` runs Triton on CUDA tensors. It is a runtime choice, not part
-of :meth:`to_dict`.
+resumes exactly. ``impl`` picks the maths: ``"fast"`` (the per-token closed forms on index state of
+``vpdd_kernels``) or ``"reference"`` (:mod:`vpdd.diffusion.reference`, the released code's maths). Under
+``impl="fast"`` every call goes through the one switch, :meth:`kernels`: ``kernel_impl`` (the
+``kernel.impl`` config, overridden by ``VPDD_KERNEL_IMPL``: auto|triton|torch) picks, per call and per
+tensor device, the fused Triton kernels or their PyTorch references; ``auto`` runs Triton on CUDA tensors,
+and :meth:`kernel_impl_for` says which one runs. It is a runtime choice, not part of :meth:`to_dict`.
 Both take and return (B, N) global token indices and logits in (B, N, K) layout; ``action_logits=None``
 means all-zero action logits (pre-training).
 """
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from vpdd_kernels.dispatch import KernelOps, ops_for, requested_impl
+from vpdd_kernels.dispatch import KernelOps, ops, requested_impl, resolve_impl
 
 from vpdd.diffusion.layout import ACTION, VIDEO, TokenLayout
 from vpdd.diffusion.reference import ReferenceDiffusion
@@ -42,19 +42,8 @@ log = logging.getLogger(__name__)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 IMPLS = ("fast", "reference")
-_CONFIG_KEYS = (
-    "num_timesteps",
-    "att_1",
-    "att_T",
-    "ctt_1",
-    "ctt_T",
-    "aux_loss_weight",
-    "adaptive_aux_loss",
-    "time_sampling",
-    "truncation_r",
-    "sampling_stride",
-    "impl",
-)
+_CONFIG_KEYS = ("num_timesteps", "att_1", "att_T", "ctt_1", "ctt_T", "aux_loss_weight", "adaptive_aux_loss")
+_CONFIG_KEYS += ("time_sampling", "truncation_r", "sampling_stride", "impl")
 
 
 class MaskReplaceScheduler:
@@ -85,12 +74,7 @@ class MaskReplaceScheduler:
             raise ValueError(f"sampling_stride={sampling_stride}: expected 1..num_timesteps ({num_timesteps})")
         self.layout = layout
         self.num_timesteps = int(num_timesteps)
-        self.att_1, self.att_T, self.ctt_1, self.ctt_T = (
-            float(att_1),
-            float(att_T),
-            float(ctt_1),
-            float(ctt_T),
-        )
+        self.att_1, self.att_T, self.ctt_1, self.ctt_T = float(att_1), float(att_T), float(ctt_1), float(ctt_T)
         self.aux_loss_weight = float(aux_loss_weight)
         self.adaptive_aux_loss = bool(adaptive_aux_loss)
         self.time_sampling = time_sampling
@@ -100,15 +84,8 @@ class MaskReplaceScheduler:
         self.kernel_impl = kernel_impl
         requested_impl(kernel_impl)  # validate early (raises with the key and value)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.tables = ScheduleTables.build(
-            self.num_timesteps,
-            layout.n_video_codes,
-            layout.n_action_bins,
-            self.att_1,
-            self.att_T,
-            self.ctt_1,
-            self.ctt_T,
-        )
+        rates = (self.att_1, self.att_T, self.ctt_1, self.ctt_T)
+        self.tables = ScheduleTables.build(self.num_timesteps, layout.n_video_codes, layout.n_action_bins, *rates)
         if (self.tables.cum_replace_total[:-1] <= 0).any():
             raise ValueError("the replace mass 1 - att - ctt must be > 0 at every step (the posterior divides by it)")
         self.reference = ReferenceDiffusion(self.tables, layout, self.device)
@@ -124,9 +101,14 @@ class MaskReplaceScheduler:
         """Constructor arguments (JSON-serialisable); ``from_dict(to_dict())`` rebuilds the scheduler."""
         return {"layout": self.layout.to_dict(), **{k: getattr(self, k) for k in _CONFIG_KEYS}}
 
+    def kernel_impl_for(self, device: torch.device | str | None = None) -> str:
+        """``"triton"`` or ``"torch"``: what runs the fast path for tensors on ``device`` (the scheduler's
+        by default), from ``kernel_impl`` and the ``VPDD_KERNEL_IMPL`` environment variable (which wins)."""
+        return resolve_impl(self.kernel_impl, torch.device(device if device is not None else self.device).type)
+
     def kernels(self, like: torch.Tensor) -> KernelOps:
         """The fast-path functions (Triton or PyTorch) for tensors on ``like``'s device (the one switch)."""
-        return ops_for(self.kernel_impl, like.device.type)
+        return ops(self.kernel_impl_for(like.device))
 
     @classmethod
     def from_dict(
@@ -146,7 +128,7 @@ class MaskReplaceScheduler:
         device: torch.device | str | None = None,
         kernel_impl: str = "auto",
     ) -> MaskReplaceScheduler:
-        """``kernel_impl``: the root config's ``kernel.impl`` (auto|triton|torch)."""
+        """``cfg``: the root config's ``diffusion`` group; ``kernel_impl``: its ``kernel.impl`` (auto|triton|torch)."""
         return cls(layout, device=device, kernel_impl=kernel_impl, **{k: getattr(cfg, k) for k in _CONFIG_KEYS})
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ Operations (scheduler level, both modalities: video logits (B, N, K) swept, acti
 * ``q_sample``     forward noising (indices in and out);
 * ``loss``         the VB loss: ``fwd``, ``bwd`` (backward of a retained graph) and ``full`` (fwd + bwd).
 
-Providers: ``triton`` (kernel_impl=triton), ``torch`` (kernel_impl=torch: the PyTorch fast fallback),
+Providers: ``triton`` (kernel_impl=triton), ``torch`` (kernel_impl=torch: the PyTorch references of vpdd_kernels),
 ``eager`` (impl=reference, the released code's maths) and ``compile`` (the reference function under
 ``torch.compile(dynamic=False)``, compile and warm-up excluded). GPU timings are
 ``triton.testing.do_bench(quantiles=[0.5, 0.2, 0.8])`` (L2 flushed before each run); CPU timings are
