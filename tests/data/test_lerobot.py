@@ -324,8 +324,9 @@ def test_cli_import_and_export(tmp_path, synthetic, capsys):
 
     params = synthetic.write_params(tmp_path / "params.yaml")  # env.resolution 16: the import resizes
     write_vpdd_store(tmp_path / "robot")
-    assert main(["data", "export-lerobot", str(tmp_path / "robot"), "--out", str(tmp_path / "ds")]) == 0
-    capsys.readouterr()
+    assert main(["data", "export-lerobot", str(tmp_path / "robot"), "--out", str(tmp_path / "ds"), "--verify"]) == 0
+    check = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["verify"]
+    assert check["actions_and_lengths_exact"] and check["psnr_db_min"] > 30
     assert main(["data", "import-lerobot", str(tmp_path / "ds"), "--params", str(params), "--out",
                  str(tmp_path / "back"), "--report", str(tmp_path / "r.json")]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 4

@@ -69,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "LeRobot's Meta-World key)")
     le.add_argument("--fps", type=int, default=80, help="frames per second (default: %(default)s, Meta-World's rate)")
     le.add_argument("--crf", type=int, default=30, help="video quality, lower is better (default: %(default)s)")
+    le.add_argument("--verify", action="store_true", help="read the dataset back and report the codec's PSNR")
     le.set_defaults(func=_export_lerobot)
 
     f = sp.add_parser("fetch", help="make data/ match data.dvc: dvc pull, else regenerate and verify")
@@ -174,7 +175,7 @@ def _export_lerobot(args: argparse.Namespace) -> int:
     from vpdd.data.lerobot_export import export_lerobot
 
     report = export_lerobot(args.robot, args.out, camera_key=args.camera_key, fps=args.fps, tasks=args.tasks,
-                            crf=args.crf)
+                            crf=args.crf, verify=args.verify)
     print(json.dumps(report))
     return 0
 
