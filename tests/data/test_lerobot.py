@@ -362,3 +362,40 @@ def test_lineage_reads_the_import_identity(tmp_path):
     assert rec["content_sha256"] == json.loads((tmp_path / "build/robot/lerobot/source.json").read_text())[
         "content_sha256"]
     assert robot_data_source(tmp_path, {"data": {"robot": {"episodes": "data/metaworld"}}}) is None
+
+
+def test_import_reads_cameras_stored_as_images(tmp_path):
+    """dtype "image": PNG bytes in the data parquet (a struct {bytes, path}, as HF datasets' Image writes)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "ds"
+    n, frames = 5, _video(rng, 5)
+    actions = rng.uniform(-1, 1, (n, 4)).astype(np.float32)
+    png = []
+    for f in frames:
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="PNG")
+        png.append({"bytes": buf.getvalue(), "path": None})
+    (root / "data/chunk-000").mkdir(parents=True)
+    pq.write_table(pa.table({"observation.images.cam": pa.array(png), "action": _vec(actions),
+                             "frame_index": pa.array(np.arange(n, dtype=np.int64)),
+                             "episode_index": pa.array(np.zeros(n, np.int64)),
+                             "task_index": pa.array(np.zeros(n, np.int64))}), root / "data/chunk-000/file-000.parquet")
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{"episode_index": 0, "tasks": ["reach-v3"], "length": n,
+                                          "data/chunk_index": 0, "data/file_index": 0}]),
+                   root / "meta/episodes/chunk-000/file-000.parquet")
+    pq.write_table(pa.table({"task_index": [0], "task": ["reach-v3"]}), root / "meta/tasks.parquet")
+    info = {"codebase_version": "v3.0", "fps": 10, "total_episodes": 1, "total_frames": n, "video_path": None,
+            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+            "features": {"observation.images.cam": {"dtype": "image", "shape": [RES, RES, 3]},
+                         "action": {"dtype": "float32", "shape": [4]}}}
+    (root / "meta/info.json").write_text(json.dumps(info))
+    import_lerobot(root, tmp_path / "store")
+    store = EpisodeStore(tmp_path / "store")
+    ep = store.load(store.entries[0])
+    np.testing.assert_array_equal(ep.frames, frames)  # PNG is lossless
+    np.testing.assert_array_equal(ep.actions, actions)

@@ -279,10 +279,31 @@ class LeRobotDataset:
 
     # --------------------------------------------------------------------------------------- frames
     def _data_rows(self, path: Path, cache: dict[Path, dict[str, Any]]) -> dict[str, Any]:
+        """The columns of a data file: vectors as (N, D) arrays, scalars as (N,), images as Python objects."""
+        import pyarrow as pa
+
         if path not in cache:
             cache.clear()  # keep one data file in memory at a time (episodes are sorted by file)
-            cols = _read_parquet(path, ["episode_index", "frame_index", "action"])
-            cache[path] = {k: np.asarray(v) if k in ("episode_index", "frame_index") else v for k, v in cols.items()}
+            if not path.is_file():
+                raise LeRobotFormatError(f"{path}: missing data file")
+            try:
+                table = _pq().read_table(path)
+            except Exception as err:  # pyarrow.lib.ArrowInvalid and friends
+                raise LeRobotFormatError(f"{path}: not a readable parquet file ({type(err).__name__}: {err})") from None
+            missing = [c for c in ("episode_index", "frame_index", "action") if c not in table.column_names]
+            if missing:
+                raise LeRobotFormatError(f"{path}: missing columns {missing}; it has {table.column_names}")
+            cols: dict[str, Any] = {}
+            for name in table.column_names:
+                col = table.column(name).combine_chunks()
+                if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):
+                    flat = col.flatten().to_numpy(zero_copy_only=False)
+                    cols[name] = flat.reshape(len(col), -1) if len(col) else flat.reshape(0, 0)
+                elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
+                    cols[name] = col.to_numpy(zero_copy_only=False)
+                else:
+                    cols[name] = col.to_pylist()
+            cache[path] = cols
         return cache[path]
 
     def iter_episodes(self, camera: str, resolution: int | None = None) -> Iterator[tuple[EpisodeRecord, Episode]]:
@@ -300,10 +321,10 @@ class LeRobotDataset:
             if len(rows) != rec.length:
                 raise LeRobotFormatError(f"{rec.data_file}: episode {rec.index} has {len(rows)} rows, but its "
                                          f"metadata says length={rec.length}")
-            actions = np.asarray([cols["action"][i] for i in rows], dtype=np.float32)
-            states = (np.asarray([cols[state_key][i] for i in rows], dtype=np.float32) if state_key in cols
+            actions = np.asarray(cols["action"][rows], dtype=np.float32).reshape(len(rows), -1)
+            states = (np.asarray(cols[state_key][rows], dtype=np.float32).reshape(len(rows), -1) if state_key in cols
                       else np.zeros((len(rows), 0), np.float32))
-            success = (np.asarray([bool(np.asarray(cols["next.success"][i]).reshape(-1)[0]) for i in rows])
+            success = (np.asarray(cols["next.success"][rows]).reshape(len(rows), -1)[:, 0].astype(bool)
                        if "next.success" in cols else np.zeros(len(rows), bool))
             if camera in rec.videos:
                 frames = videos.episode(rec, camera)
@@ -315,7 +336,7 @@ class LeRobotDataset:
                                          f"but length={rec.length} rows of data")
             if resolution is not None:
                 frames = resize_center_crop(frames, resolution)
-            task_ids = sorted({int(cols["task_index"][i]) for i in rows}) if "task_index" in cols else []
+            task_ids = sorted({int(t) for t in np.asarray(cols["task_index"])[rows]}) if "task_index" in cols else []
             unknown = [t for t in task_ids if t not in self.tasks]
             if unknown:
                 raise LeRobotFormatError(f"{rec.data_file}: episode {rec.index} uses task_index {unknown}, which "
@@ -345,32 +366,60 @@ class LeRobotDataset:
 
 
 class _VideoFrames:
-    """Decodes the mp4 files one at a time, keeping the current file's frames for the episodes inside it."""
+    """Streams the mp4 files: decodes each file once, front to back, keeping only the current episode's
+    frames (a LeRobot video file holds up to 500 MB of episodes; decoding it whole would not fit in memory)."""
 
     def __init__(self, fps: float):
         self.fps = fps
         self.path: Path | None = None
-        self.frames: np.ndarray | None = None
+        self.frames: Iterator[np.ndarray] | None = None
+        self.position = 0  # index of the next frame self.frames yields
+
+    def _open(self, path: Path) -> None:
+        self.path, self.frames, self.position = path, _decode(path), 0
 
     def episode(self, rec: EpisodeRecord, camera: str) -> np.ndarray:
-        from vpdd.data.video import VideoError, read_video
-
-        path, start_ts, end_ts = rec.videos[camera]
+        path, start_ts, _ = rec.videos[camera]
         if not path.is_file():
             raise LeRobotFormatError(f"{path}: missing video file of camera {camera!r} (episode {rec.index})")
-        if path != self.path:
-            try:
-                self.frames, self.path = read_video(path), path
-            except VideoError as err:
-                raise LeRobotFormatError(str(err)) from None
         # Frames are at t = k / fps; the episode holds those with from_timestamp <= t < to_timestamp.
         first = int(round(start_ts * self.fps))
-        if first + rec.length > len(self.frames):
+        if path != self.path or first < self.position:
+            self._open(path)
+        out = []
+        for arr in self.frames:
+            self.position += 1
+            if self.position - 1 >= first:
+                out.append(arr)
+                if len(out) == rec.length:
+                    break
+        if len(out) < rec.length:
             raise LeRobotFormatError(
                 f"{path}: episode {rec.index} needs frames {first}..{first + rec.length - 1} "
                 f"(videos/{camera}/from_timestamp={start_ts}, length={rec.length}) but the file holds "
-                f"{len(self.frames)} frames")
-        return self.frames[first:first + rec.length]
+                f"{self.position} frames")
+        return np.stack(out)
+
+
+def _decode(path: Path) -> Iterator[np.ndarray]:
+    """The frames of a video as (H, W, 3) uint8 RGB, one at a time (the colour conversion of read_video)."""
+    import av
+
+    from vpdd.data.video import _plane_array, yuv_planes_to_rgb
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise LeRobotFormatError(f"{path}: the file has no video stream")
+            for frame in container.decode(container.streams.video[0]):
+                if frame.format.name == "yuv420p":
+                    yield yuv_planes_to_rgb(*(_plane_array(p) for p in frame.planes))
+                else:
+                    yield frame.to_ndarray(format="rgb24")
+    except LeRobotFormatError:
+        raise
+    except Exception as err:  # av.error.InvalidDataError and friends
+        raise LeRobotFormatError(f"{path}: not a readable video ({type(err).__name__}: {err})") from None
 
 
 # ------------------------------------------------------------------------------------------- import
