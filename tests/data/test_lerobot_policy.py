@@ -10,6 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+# The GPT-2 action network imports triton; triton imported after MuJoCo's EGL/llvmpipe has loaded its LLVM
+# (tests/data/test_collect_metaworld.py renders in this process) crashes it (see vpdd/eval/video_quality.py).
+# Importing it while the tests are collected, before any rendering, avoids that.
+import transformers.models.gpt2.modeling_gpt2  # noqa: F401
+
 from vpdd.data.episodes import EpisodeStore
 from vpdd.policy import PolicyError, VPDDPolicy
 
