@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from vpdd.data.episodes import DataFormatError, Episode, save_episode, write_index
+from vpdd.envs.tasks import INSTRUCTIONS
 from vpdd.utils.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -426,8 +427,6 @@ def _decode(path: Path) -> Iterator[np.ndarray]:
 def metaworld_task(text: str) -> str | None:
     """The Meta-World v3 task a task string names: the name itself, or its instruction (case, spacing and a
     final full stop ignored; LeRobot's Meta-World descriptions are vpdd's without the full stop)."""
-    from vpdd.envs.tasks import INSTRUCTIONS
-
     if text in INSTRUCTIONS:
         return text
 
@@ -461,8 +460,6 @@ def import_lerobot(path: str | Path, out: str | Path, *, camera: str | None = No
             text = ep.meta["lerobot_task"]
             extra = json.loads(rec.extra["vpdd/meta"]) if rec.extra.get("vpdd/meta") else {}
             task = metaworld_task(text) or text
-            from vpdd.envs.tasks import INSTRUCTIONS
-
             ep.meta.update({"task": task, "instruction": INSTRUCTIONS.get(task, text),
                             "seed": int(extra.get("seed", rec.index)), "length": len(ep),
                             "resolution": int(ep.frames.shape[1]), "benchmark": "lerobot",
