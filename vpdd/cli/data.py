@@ -1,4 +1,5 @@
-"""``vpdd data``: collect robot demonstrations, build the actionless corpus, and fetch the pinned raw data."""
+"""``vpdd data``: collect robot demonstrations, build the actionless corpus, fetch the pinned raw data, and
+import / export LeRobot-format datasets (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("root", help="a folder written by collect-metaworld, e.g. data/metaworld")
     n.add_argument("--out", help="write the summary here (default: stdout)")
     n.set_defaults(func=_inspect)
+
+    li = sp.add_parser("import-lerobot", help="import a LeRobot dataset (v3.0, v2.1) into a vpdd episode store")
+    li.add_argument("src", nargs="?", help="dataset folder or hub cache folder (default: data.robot.lerobot.path)")
+    add_params_arg(li)
+    li.add_argument("--out", required=True, help="episode store to write (replaced atomically)")
+    li.add_argument("--camera", help="camera feature key (default: data.robot.lerobot.camera, else the only one)")
+    li.add_argument("--resolution", type=int, help="frame size (default: env.resolution)")
+    li.add_argument("--repo-id", help="dataset identity for lineage (default: data.robot.lerobot.repo_id)")
+    li.add_argument("--revision", help="dataset revision for lineage (default: data.robot.lerobot.revision)")
+    li.add_argument("--report", help="also write the import summary to this JSON file")
+    li.set_defaults(func=_import_lerobot)
+
+    le = sp.add_parser("export-lerobot", help="write vpdd robot episodes as a LeRobot v3.0 dataset")
+    le.add_argument("robot", nargs="?", default="data/metaworld", help="episode store (default: data/metaworld)")
+    le.add_argument("--out", required=True, help="dataset folder to write (replaced atomically)")
+    le.add_argument("--tasks", nargs="+", help="only these tasks (default: all)")
+    le.add_argument("--camera-key", default="observation.image", help="video feature name (default: %(default)s, "
+                    "LeRobot's Meta-World key)")
+    le.add_argument("--fps", type=int, default=80, help="frames per second (default: %(default)s, Meta-World's rate)")
+    le.add_argument("--crf", type=int, default=30, help="video quality, lower is better (default: %(default)s)")
+    le.add_argument("--verify", action="store_true", help="read the dataset back and report the codec's PSNR")
+    le.set_defaults(func=_export_lerobot)
 
     f = sp.add_parser("fetch", help="make data/ match data.dvc: dvc pull, else regenerate and verify")
     add_params_arg(f)
@@ -126,6 +149,34 @@ def _inspect(args: argparse.Namespace) -> int:
         atomic_write_json(args.out, summary)
     else:
         print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _import_lerobot(args: argparse.Namespace) -> int:
+    from vpdd.data.lerobot import import_lerobot
+    from vpdd.utils.io import atomic_write_json
+
+    cfg = params(args)
+    lr = cfg.data.robot.lerobot
+    src = args.src or lr.path
+    if not src:
+        raise ValueError("import-lerobot: no dataset folder; pass one or set data.robot.lerobot.path")
+    report = import_lerobot(src, args.out, camera=args.camera or lr.camera or None,
+                            resolution=args.resolution or cfg.env.resolution, action_dim=cfg.model.actions.dim,
+                            repo_id=args.repo_id or lr.repo_id or None, revision=args.revision or lr.revision or None,
+                            progress=sys.stderr.isatty())
+    if args.report:
+        atomic_write_json(args.report, report)
+    print(json.dumps(report))
+    return 0
+
+
+def _export_lerobot(args: argparse.Namespace) -> int:
+    from vpdd.data.lerobot_export import export_lerobot
+
+    report = export_lerobot(args.robot, args.out, camera_key=args.camera_key, fps=args.fps, tasks=args.tasks,
+                            crf=args.crf, verify=args.verify)
+    print(json.dumps(report))
     return 0
 
 

@@ -1,11 +1,38 @@
-"""Config group ``data``: the raw robot demonstrations and the actionless video corpus."""
+"""Config group ``data``: the raw robot demonstrations and the actionless video corpus.
+
+``data.robot.source`` picks where the fine-tuning demonstrations come from (docs/data.md): ``metaworld``
+(the scripted demonstrations in ``data/metaworld``, pinned by data.dvc) or ``lerobot`` (a LeRobot-format
+dataset, ``data.robot.lerobot.path``, imported by the ``import_robot_data`` stage). ``episodes`` and
+``imports`` follow from it through ``sources`` (conf/data/*.yaml interpolates them): set ``source``, not them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vpdd.config.base import Check, Validated, in_range, positive
+from vpdd.config.base import Check, Validated, in_range, one_of, positive
 from vpdd.envs.tasks import CAMERAS, unknown_tasks
+
+ROBOT_SOURCES = ("metaworld", "lerobot")
+
+
+@dataclass
+class LeRobotSourceConfig(Validated):
+    path: str = ""  # a LeRobot dataset folder (v3.0 or v2.1), or a hub cache folder datasets--org--name
+    camera: str = ""  # the camera feature to train on, e.g. observation.image; "": the dataset's only camera
+    repo_id: str = ""  # recorded in lineage; "": read from a hub cache path, else none
+    revision: str = ""  # likewise (a hub snapshot's commit)
+
+
+@dataclass
+class RobotSourceSpec(Validated):
+    episodes: str = "data/metaworld"  # the vpdd episode store the stages read
+    imports: list[str] = field(default_factory=list)  # import_robot_data stages dvc.yaml runs ([] or [lerobot])
+
+
+def _default_sources() -> dict[str, RobotSourceSpec]:
+    return {"metaworld": RobotSourceSpec("data/metaworld", []),
+            "lerobot": RobotSourceSpec("build/robot/lerobot", ["lerobot"])}
 
 
 @dataclass
@@ -19,9 +46,25 @@ class RobotDataConfig(Validated):
     steps_after_success: int = 10  # keep recording this many steps after the first success; -1: until max_steps
     max_attempts_per_demo: int = 3  # failed scripted episodes are dropped; give up after this many tries per demo
     seed: int = 0
+    source: str = "metaworld"  # metaworld | lerobot
+    lerobot: LeRobotSourceConfig = field(default_factory=LeRobotSourceConfig)
+    sources: dict[str, RobotSourceSpec] = field(default_factory=_default_sources)
+    episodes: str = "data/metaworld"  # derived: sources[source].episodes
+    imports: list[str] = field(default_factory=list)  # derived: sources[source].imports
 
     def checks(self) -> list[Check]:
+        spec = self.sources.get(self.source)
         return [
+            one_of(self, "source", ROBOT_SOURCES),
+            Check("sources", set(self.sources) == set(ROBOT_SOURCES), f"exactly the entries {list(ROBOT_SOURCES)}"),
+            Check("episodes", spec is None or self.episodes == spec.episodes,
+                  f"sources.{self.source}.episodes ({spec.episodes if spec else '?'}): it follows data.robot.source; "
+                  "set the source, not this key"),
+            Check("imports", spec is None or list(self.imports) == list(spec.imports),
+                  f"sources.{self.source}.imports ({list(spec.imports) if spec else '?'}): it follows "
+                  "data.robot.source; set the source, not this key"),
+            Check("lerobot.path", self.source != "lerobot" or bool(self.lerobot.path),
+                  "the LeRobot dataset folder to import (required when data.robot.source=lerobot)"),
             Check("tasks", len(self.tasks) > 0 and not unknown_tasks(self.tasks),
                   f"a non-empty list of Meta-World v3 task names; unknown: {unknown_tasks(self.tasks)}"),
             *positive(self, "demos_per_task", "max_steps", "max_attempts_per_demo"),

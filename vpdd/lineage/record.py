@@ -9,6 +9,8 @@ A record (``build_lineage``) is a small JSON-able dict::
     experiment           the DVC experiment name (DVC_EXP_NAME, set by `dvc exp run`), or null
     git                  {"commit", "dirty"} of the checkout the stage ran in
     data                 {"dvc_file", "path", "md5", "size", "nfiles"} from data.dvc (the raw-data version)
+    robot_data           imported robot data (data.robot.source=lerobot): {"store", "format", "path", "repo_id",
+                         "revision", "content_sha256", ...} from the store's source.json, else null
     artifacts            {"token_cache", "tokenizer", "pretrain"} -> {"path", "md5", "stage"} or null,
                          read from dvc.lock (build/tokens, models/tokenizer, models/pretrain); null
                          unless its stage is upstream of this one in dvc.yaml (a stage never lists its
@@ -116,6 +118,21 @@ def _is_upstream(stages: dict[str, StageInfo], stage: str | None, producer: str,
     return True
 
 
+def robot_data_source(repo: str | os.PathLike, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The identity of imported robot data: ``<data.robot.episodes>/source.json`` (written by ``vpdd data
+    import-lerobot``: dataset path or repo id, revision, content hash), or None for vpdd's own data."""
+    episodes = lookup(params, "data.robot.episodes")
+    path = Path(repo) / str(episodes) / "source.json" if episodes else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        src = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    keys = ("format", "codebase_version", "path", "repo_id", "revision", "content_sha256", "camera")
+    return {"store": str(episodes), **{k: src.get(k) for k in keys}}
+
+
 def build_lineage(
     out_dir: str | os.PathLike,
     *,
@@ -161,6 +178,7 @@ def build_lineage(
         "experiment": os.environ.get("DVC_EXP_NAME") or None,
         "git": git_commit(cwd=str(root)),
         "data": data_version(root, data_dvc),
+        "robot_data": robot_data_source(root, params),
         "artifacts": artifacts,
         "params": {"file": params_file, **params_digest(params, keys)},
         "kernel_impl": _kernel_impl(str(kernel_cfg), device_type),

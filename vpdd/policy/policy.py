@@ -25,6 +25,11 @@ predicts again when the queue is empty; it always records the new frame. Unbatch
 output. Randomness comes from the policy's generator: ``reset(seed=s)`` makes the next actions a function
 of ``s`` and the observations.
 
+**LeRobot batches.** :meth:`select_action` and :meth:`predict_action_chunk` also take LeRobot's batch dict
+(docs/policy.md): ``{"observation.images.<key>" or "observation.image": (B, 3, H, W) float in [0, 1] (or uint8
+(B, H, W, 3)), "observation.state": ignored (VPDD acts from video and language), "task": B strings}``, with
+the instruction argument left out.
+
 **Language.** Instructions are looked up in the embedding table stored in the checkpoint; an unseen
 instruction is encoded on the fly with the checkpoint's text encoder (built lazily, and refused if its
 weights differ from the ones the policy was trained with).
@@ -225,14 +230,40 @@ class VPDDPolicy(nn.Module):
         window = win if win is not None else self._window(frame, record=False)
         return self._predict(window, self._instructions(instruction, len(window)))
 
+    def _lerobot_batch(self, observation: Any, instruction: Any) -> tuple[Any, Any]:
+        """(observation, instruction) of a LeRobot batch dict; other input passes through unchanged."""
+        if not (isinstance(observation, dict) and any(str(k).startswith("observation.") for k in observation)):
+            if instruction is None:
+                raise PolicyError("instruction: required unless the observation is a LeRobot batch with 'task'")
+            return observation, instruction
+        cams = [k for k in observation if k == "observation.image" or str(k).startswith("observation.images.")]
+        if len(cams) != 1:
+            raise PolicyError(f"LeRobot batch: expected exactly one camera ('observation.image' or "
+                              f"'observation.images.<key>'), got {cams} of keys {sorted(observation)}")
+        img = observation[cams[0]]
+        img = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+        if img.dtype != np.uint8:  # LeRobot's convention: float (C, H, W) in [0, 1]
+            if img.shape[-3] != 3:
+                raise PolicyError(f"{cams[0]}: expected float images (B, 3, H, W) in [0, 1], got {img.shape}")
+            img = np.moveaxis(np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8), -3, -1)
+        task = observation.get("task", instruction)
+        if task is None:
+            raise PolicyError("LeRobot batch: no 'task' (the instruction strings) and no instruction argument")
+        if not isinstance(task, str):
+            task = [str(t) for t in task]
+            if img.ndim == 3 and len(task) == 1:
+                task = task[0]
+        return {"image": np.ascontiguousarray(img)}, task
+
     def _require_actions(self) -> None:
         if self.discretizer is None or self.model.action is None:
             raise PolicyError(f"{self.loaded.path} is a {self.config['kind']!r} checkpoint without an action "
                               "network; fine-tune it (vpdd train finetune) to get actions")
 
-    def predict_action_chunk(self, observation: Any, instruction: str | Sequence[str]) -> np.ndarray:
+    def predict_action_chunk(self, observation: Any, instruction: str | Sequence[str] | None = None) -> np.ndarray:
         """The predicted chunk, (chunk, D) or (B, chunk, D) float32."""
         self._require_actions()
+        observation, instruction = self._lerobot_batch(observation, instruction)
         _, _, batched = self._as_frames(observation)
         out = self.predict(observation, instruction).actions
         return out if batched else out[0]
@@ -247,9 +278,10 @@ class VPDDPolicy(nn.Module):
             frames = to_uint8(self.tokenizer.decode(tokens)).cpu().numpy()
         return frames if batched else frames[0]
 
-    def select_action(self, observation: Any, instruction: str | Sequence[str]) -> np.ndarray:
+    def select_action(self, observation: Any, instruction: str | Sequence[str] | None = None) -> np.ndarray:
         """The next action, (D,) or (B, D) float32: from the queue, or a new chunk when it is empty."""
         self._require_actions()
+        observation, instruction = self._lerobot_batch(observation, instruction)
         frame, win, batched = self._as_frames(observation)
         if win is not None:
             raise PolicyError("select_action keeps its own frame history: pass {'image': frame}, not 'history'")
