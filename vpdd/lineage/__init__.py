@@ -42,6 +42,7 @@ from vpdd.lineage.record import (
     flow_run_id,
     index_digest,
     params_digest,
+    robot_data_source,
 )
 from vpdd.lineage.render import chain_lines, lineage_markdown, lineage_text, output_lineage_markdown, outputs_markdown
 from vpdd.lineage.storage import (
@@ -64,4 +65,5 @@ __all__ = [
     "lineage_text", "lock_outputs", "lock_stage_for", "lookup", "output_lineage_markdown", "outputs_markdown",
     "params_digest", "pipeline_stages", "read_dvc_lock", "read_lineage", "safetensors_metadata",
     "upstream_stages",
+    "robot_data_source",
 ]
