@@ -11,7 +11,7 @@ import torch
 
 from vpdd.data.episodes import EpisodeStore
 from vpdd.policy import PolicyError, VPDDPolicy
-from vpdd.train.checkpoint import checkpoint_hash
+from vpdd.runtime.checkpoint import checkpoint_hash
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from vpdd.tokenizer.encode import TokenizerMismatch, encode_dataset
 from vpdd.tokenizer.model import to_model_input
 from vpdd.tokenizer.pretrained import load_tokenizer
 from vpdd.tokenizer.train import train_tokenizer
-from vpdd.train.checkpoint import checkpoint_hash
+from vpdd.runtime.checkpoint import checkpoint_hash
 
 from .conftest import tiny_config, write_corpus_root, write_robot_root
 

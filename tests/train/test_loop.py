@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vpdd.policy.checkpoint import KIND_POLICY, KIND_PRETRAIN, CheckpointMismatch, load_vpdd_checkpoint
-from vpdd.train.checkpoint import CheckpointError, load_checkpoint
-from vpdd.train.guard import TrainingDiverged
+from vpdd.models.checkpoint import KIND_POLICY, KIND_PRETRAIN, CheckpointMismatch, load_vpdd_checkpoint
+from vpdd.runtime.checkpoint import CheckpointError, load_checkpoint
+from vpdd.runtime.guard import TrainingDiverged
 from vpdd.train.loop import train_stage
 
 

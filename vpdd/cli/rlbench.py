@@ -168,7 +168,7 @@ def _train(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from vpdd.train.guard import TrainingDiverged, TrainingInterrupted
+    from vpdd.runtime.guard import TrainingDiverged, TrainingInterrupted
     from vpdd.train.multiview import train_rlbench_stage
 
     cfg = params(args)

@@ -427,7 +427,7 @@ def run_video_eval(policy_dir: str | Path, cfg: Any, out: str | Path, settings: 
     ``out``; returns the metrics dict. ``cfg`` is the composed params (:class:`vpdd.config.VPDDConfig`)."""
     from vpdd.envs.tasks import unknown_tasks
     from vpdd.policy import VPDDPolicy
-    from vpdd.policy.checkpoint import read_vpdd_config
+    from vpdd.models.checkpoint import read_vpdd_config
 
     settings = settings or VideoEvalSettings()
     settings.check()

@@ -34,7 +34,7 @@ import torch
 
 from vpdd.models.keyframes import KIND, PoseActionCoder
 from vpdd.models.model import sample_tokens
-from vpdd.policy.checkpoint import KIND_POLICY, LoadedCheckpoint, load_vpdd_checkpoint
+from vpdd.models.checkpoint import KIND_POLICY, LoadedCheckpoint, load_vpdd_checkpoint
 from vpdd.policy.policy import PolicyError
 
 

@@ -23,7 +23,7 @@ from vpdd.tokenizer import data as tdata
 from vpdd.tokenizer.cache import write_token_cache
 from vpdd.tokenizer.lineage import data_version, index_digest
 from vpdd.tokenizer.pretrained import config_dict, differing_keys, load_tokenizer
-from vpdd.train.checkpoint import checkpoint_hash
+from vpdd.runtime.checkpoint import checkpoint_hash
 
 log = logging.getLogger(__name__)
 

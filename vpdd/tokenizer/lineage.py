@@ -41,13 +41,10 @@ def index_digest(root: str | Path) -> str | None:
 
 
 def code_digest() -> str:
-    """sha256 of the source files that define tokenizer training (this package and the shared checkpoint
-    and distributed helpers): a change means a checkpoint may no longer be resumed as the same run."""
+    """sha256 of the source files that define tokenizer training (this package and the training runtime,
+    :mod:`vpdd.runtime`): a change means a checkpoint may no longer be resumed as the same run."""
     root = Path(__file__).resolve().parent
-    files = sorted(root.glob("*.py")) + [
-        root.parent / "train" / "checkpoint.py",
-        root.parent / "train" / "distributed.py",
-    ]
+    files = sorted(root.glob("*.py")) + sorted((root.parent / "runtime").glob("*.py"))
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.parent.name}/{f.name}\n".encode())

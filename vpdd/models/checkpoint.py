@@ -1,6 +1,6 @@
 """Checkpoint directories of the pre-trained video model and of the policy (one format, two kinds).
 
-Both are :mod:`vpdd.train.checkpoint` directories (written atomically, hashed in ``meta.json``) that
+Both are :mod:`vpdd.runtime.checkpoint` directories (written atomically, hashed in ``meta.json``) that
 describe themselves completely, so :func:`load_vpdd_checkpoint` rebuilds everything from the directory
 alone, without params.yaml or the tokenizer directory::
 
@@ -44,7 +44,7 @@ from vpdd.diffusion import MaskReplaceScheduler, TokenLayout
 from vpdd.models.actions import ActionDiscretizer
 from vpdd.models.language import InstructionTable
 from vpdd.models.model import ModelSpec, VPDDModel
-from vpdd.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_config, save_checkpoint
+from vpdd.runtime.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_config, save_checkpoint
 
 log = logging.getLogger(__name__)
 
