@@ -114,7 +114,8 @@ def read_vpdd_config(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict[s
     if config.get("kind") not in kinds:
         raise CheckpointError(f"{path}: a {config.get('kind')!r} checkpoint, expected one of {list(kinds)}")
     if config.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {config.get('format')!r}, this code reads format {FORMAT}")
+        raise CheckpointError(f"{path}: vpdd checkpoint format {config.get('format')!r}, this code reads format "
+                              f"{FORMAT}; load it with the vpdd version that wrote it, or train it again")
     return config
 
 

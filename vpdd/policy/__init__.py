@@ -1,9 +1,9 @@
-"""The VPDD policy (LeRobot-style contract) and its checkpoint format.
+"""The VPDD policy (LeRobot-style contract).
 
 * :mod:`vpdd.policy.policy` -- :class:`VPDDPolicy`: ``from_pretrained``, ``save_pretrained``, ``reset``,
   ``select_action``, ``predict_action_chunk``, ``predict_video``, ``forward``;
-* :mod:`vpdd.models.checkpoint` -- the ``vpdd-pretrain`` / ``vpdd-policy`` checkpoint directories and the
-  compatibility check fine-tuning runs on a pre-trained model.
+* :mod:`vpdd.models.checkpoint` (re-exported here) -- the ``vpdd-pretrain`` / ``vpdd-policy`` checkpoint
+  directories.
 """
 
 from vpdd.models.checkpoint import CheckpointMismatch, load_vpdd_checkpoint
