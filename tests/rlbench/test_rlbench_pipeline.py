@@ -11,8 +11,8 @@ import torch
 
 from vpdd.config import ConfigError
 from vpdd.data.peract import list_episodes, load_episode
-from vpdd.models.keyframes import PoseActionCoder, discover_keyframes, keyframe_targets
 from vpdd.models.checkpoint import KIND_POLICY, KIND_PRETRAIN, load_vpdd_checkpoint
+from vpdd.models.keyframes import PoseActionCoder, discover_keyframes, keyframe_targets
 from vpdd.tokenizer.cache import TokenCache
 from vpdd.train.multiview import KeyframeFinetuneData, MultiViewPairs
 

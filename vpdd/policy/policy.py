@@ -45,7 +45,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from vpdd.models.model import diffusion_loss, sample_tokens
 from vpdd.models.checkpoint import (
     KIND_POLICY,
     LINEAGE_FILE,
@@ -53,6 +52,7 @@ from vpdd.models.checkpoint import (
     load_vpdd_checkpoint,
     save_vpdd_checkpoint,
 )
+from vpdd.models.model import diffusion_loss, sample_tokens
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from vpdd.models.checkpoint import KIND_POLICY, LoadedCheckpoint, load_vpdd_checkpoint
 from vpdd.models.keyframes import KIND, PoseActionCoder
 from vpdd.models.model import sample_tokens
-from vpdd.models.checkpoint import KIND_POLICY, LoadedCheckpoint, load_vpdd_checkpoint
 from vpdd.policy.policy import PolicyError
 
 

@@ -19,11 +19,11 @@ import torch
 
 from vpdd.config.tokenizer import TokenizerConfig
 from vpdd.data.episodes import DataFormatError
+from vpdd.runtime.checkpoint import checkpoint_hash
 from vpdd.tokenizer import data as tdata
 from vpdd.tokenizer.cache import write_token_cache
 from vpdd.tokenizer.lineage import data_version, index_digest
 from vpdd.tokenizer.pretrained import config_dict, differing_keys, load_tokenizer
-from vpdd.runtime.checkpoint import checkpoint_hash
 
 log = logging.getLogger(__name__)
 

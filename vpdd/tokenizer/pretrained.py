@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from vpdd.config.tokenizer import TokenizerConfig
-from vpdd.tokenizer.model import VQVAE, VQVAEArch
 from vpdd.runtime.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_config
+from vpdd.tokenizer.model import VQVAE, VQVAEArch
 
 log = logging.getLogger(__name__)
 
