@@ -1,22 +1,14 @@
 """The one training skeleton every stage runs on (tokenizer, pre-training, fine-tuning, RLBench).
 
-A stage builds its data, model and optimizer, and hands :meth:`Trainer.run` a :class:`Loop`: how to take
-one optimizer step, what to save, how to evaluate. The :class:`Trainer` owns what all stages share:
-
-* torchrun / DDP set-up (:mod:`vpdd.runtime.distributed`) and the DDP wrapper;
-* resume: rank 0 first finishes an interrupted checkpoint save, then :meth:`Trainer.same_run` compares
-  the checkpoint's run with this one (the stage says how). ``resume="strict"`` refuses a different run,
-  naming the differences; ``"auto"`` (the DVC stages, whose outputs persist) starts over; ``"never"``
-  always starts over;
-* the divergence guard: :meth:`Trainer.check` stops every rank together with :class:`TrainingDiverged`
-  when any rank saw a bad value, and :meth:`Trainer.check_weights` refuses to save non-finite weights or
-  ranks that drifted apart, so nothing is saved after the last good checkpoint;
-* the loop: stop flag (SIGTERM/SIGINT save a checkpoint and raise :class:`TrainingInterrupted`), progress
-  bar, averaged metrics every ``log_every`` steps to DVCLive and the log, evaluation, a checkpoint every
-  ``checkpoint_every`` steps and at the end, the run's summary (``train_seconds``, ``steps``).
-
-Exact resume is the stage's part: it seeds every draw from ``(seed, rank, step, ...)``
-(:mod:`vpdd.runtime.seeding`) and saves what its step depends on.
+A stage builds its data, model and optimizer, and hands :meth:`Trainer.run` a :class:`Loop` (one optimizer
+step, a save, an evaluation). The :class:`Trainer` owns what all stages share: torchrun/DDP set-up; resume
+(rank 0 first finishes an interrupted save; :meth:`Trainer.same_run` compares the checkpoint's run with
+this one: ``resume="strict"`` refuses a different run naming the differences, ``"auto"`` -- the DVC stages,
+whose outputs persist -- starts over, ``"never"`` always starts over); the divergence guard (every rank
+stops together, nothing is saved after the last good checkpoint); the stop flag (SIGTERM/SIGINT save and
+raise :class:`TrainingInterrupted`); progress bar, averaged metrics every ``log_every`` steps (DVCLive and
+the log), the checkpoint cadence and the run summary. Exact resume is the stage's part: it seeds every draw
+from ``(seed, rank, step, ...)`` (:mod:`vpdd.runtime.seeding`) and saves what its step depends on.
 """
 
 from __future__ import annotations
@@ -100,6 +92,7 @@ class Trainer:
         self.device = self.info.device
         self.t_start = time.time()
         self.start_step, self.resumed_from, self.elapsed_before = 0, None, 0.0
+        self.live = None  # the DVCLive logger while :meth:`run` runs (rank 0)
 
     # -- resume --------------------------------------------------------------------------------------------
     def same_run(self, changes: Callable[[], list[str]]) -> bool:

@@ -1,30 +1,23 @@
 """Training of the video tokenizer: the VQ-VAE stage on the one training skeleton (:mod:`vpdd.runtime.skeleton`).
 
-One call, :func:`train_tokenizer`, trains the VQ-VAE on a mix of robot episodes and actionless corpus
-videos (:mod:`vpdd.tokenizer.data`) and keeps ``out`` a complete checkpoint directory at all times:
+:func:`train_tokenizer` trains the VQ-VAE on a mix of robot episodes and actionless corpus videos
+(:mod:`vpdd.tokenizer.data`); this module supplies the data, the model, one step, the held-out evaluation and
+what a checkpoint holds, the skeleton the loop, resume, stop flag and logging. ``out`` is a complete
+checkpoint directory at all times (:mod:`vpdd.runtime.checkpoint`):
 
-* every ``checkpoint_every`` steps and at the end, rank 0 saves config, weights and training state
-  atomically (:mod:`vpdd.runtime.checkpoint`); a run started again with the same ``out`` resumes from it.
-  Batches and the codebook's random draws depend only on ``(seed, rank, step)``, and the optimizer, EMA
+* batches and the codebook's random draws depend only on ``(seed, rank, step)``, and the optimizer, EMA
   buffers, BatchNorm statistics, global RNG states and loss monitor are restored, so a resumed run ends in
   the same state as an uninterrupted one (bit for bit on the same machine and thread count);
-* a non-finite loss, a loss above ``explode_factor`` times its running mean, or non-finite weights stop
-  the run with :class:`~vpdd.runtime.guard.TrainingDiverged`; nothing is saved after the last good checkpoint;
-* SIGTERM/SIGINT finish the current step, save a checkpoint and raise
-  :class:`~vpdd.runtime.guard.TrainingInterrupted`;
+* a non-finite loss, a loss above ``explode_factor`` times its running mean, or non-finite weights stop the
+  run with :class:`~vpdd.runtime.guard.TrainingDiverged`; nothing is saved after the last good checkpoint;
 * under torchrun every process trains on its own batches, DDP averages gradients, the codebook all-reduces
   its EMA statistics, and a checksum confirms the ranks agree at each checkpoint;
-* rank 0 logs with DVCLive (``live_dir/metrics.json``, ``live_dir/plots/metrics``) and writes the held-out
-  reconstruction grid to ``live_dir/recon_grid.png``.
-
-This module supplies what is the tokenizer's own: data, model, one step, the evaluation and the checkpoint
-contents; the skeleton runs the loop, resume, guards and logging.
+* rank 0 logs with DVCLive and writes the held-out reconstruction grid to ``live_dir/recon_grid.png``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import math
 from collections.abc import Callable
@@ -52,7 +45,7 @@ from vpdd.tokenizer.pretrained import (
     config_from_checkpoint,
     differing_keys,
 )
-from vpdd.utils.io import atomic_write_bytes
+from vpdd.utils.io import atomic_write_png
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +101,6 @@ def evaluate(model: VQVAE, clips: np.ndarray, batch_size: int, device: torch.dev
         "perplexity": usage["perplexity"],
     }
     return metrics, np.concatenate(recons)
-
-
-def _png_bytes(image: np.ndarray, scale: int = 2) -> bytes:
-    from PIL import Image
-
-    img = Image.fromarray(image)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def train_tokenizer(
@@ -258,8 +240,7 @@ def train_tokenizer(
                      metrics["psnr"], metrics["ssim"], 100 * metrics["usage"], metrics["perplexity"])
             if trainer.live_dir is not None:
                 n = min(4, len(eval_set))
-                grid = recon_grid(eval_set[:n], recons[:n])
-                atomic_write_bytes(trainer.live_dir / "recon_grid.png", _png_bytes(grid))
+                atomic_write_png(trainer.live_dir / "recon_grid.png", recon_grid(eval_set[:n], recons[:n]))
         dist_utils.barrier(info)
         return metrics
 

@@ -1,4 +1,4 @@
-"""One training loop for both diffusion stages: actionless pre-training and few-demonstration fine-tuning.
+"""The two diffusion stages, actionless pre-training and few-demonstration fine-tuning, on the training skeleton.
 
 :func:`train_stage` trains :class:`~vpdd.models.VPDDModel` with the unified discrete diffusion
 (:class:`~vpdd.diffusion.MaskReplaceScheduler`; this module never does diffusion maths) on sequences from
@@ -11,30 +11,21 @@ and/or action network; everything else is frozen, in eval mode, under ``no_grad`
   network trained on ``demos_per_task`` demonstrations per task; the action discretizer is fitted on
   them; writes a ``vpdd-policy`` checkpoint (:mod:`vpdd.models.checkpoint` describes both layouts).
 
-Per optimizer step: ``grad_accum`` micro-batches (DDP synchronises only on the last), Adam, then the EMA
-update (copy before ``ema_start``, blend every ``ema_every`` steps). bf16 autocast on CUDA.
-
-Safety and exactness:
-
-* every random draw of a micro-batch is seeded from ``(seed, rank, step, micro)`` (:func:`step_seed`);
-  weights, EMA, optimizer and the scheduler's importance-sampling history (per rank) are saved, so a
-  resumed run ends bit-identical to an uninterrupted one on the same machine;
-* a run resumes only from a checkpoint with the same **fingerprint** (configs except the cadence keys,
-  tokenizer and token-cache identity, pre-trained model, demonstrations, text encoder, world size and a
-  digest of the training code). ``resume="strict"`` refuses a different one (naming the differences),
-  ``"auto"`` (the DVC stages, whose outputs persist) starts over, ``"never"`` always starts over;
-* a non-finite loss or gradient stops the run with :class:`TrainingDiverged` before the optimizer step;
-  nothing is saved after the last good checkpoint. SIGTERM/SIGINT save and raise
-  :class:`TrainingInterrupted`. Checkpoints are written atomically.
+Per optimizer step: ``grad_accum`` micro-batches (DDP synchronises only on the last), a non-finite loss or
+gradient check (:class:`~vpdd.runtime.guard.TrainingDiverged` before the update), Adam, then the EMA update
+(copy before ``ema_start``, blend every ``ema_every`` steps). Every random draw of a micro-batch is seeded
+from ``(seed, rank, step, micro)``; weights, EMA, optimizer and the scheduler's importance-sampling history
+(per rank) are saved, so a resumed run ends bit-identical to an uninterrupted one on the same machine. The
+run's fingerprint (configs except the cadence keys, tokenizer and token-cache identity, pre-trained model,
+demonstrations, text encoder, world size, a digest of the training code) decides what may be resumed; the
+skeleton (:class:`vpdd.runtime.skeleton.Trainer`) runs the loop, resume, stop flag and logging.
 
 Benchmarks other than Meta-World plug in through :class:`StageHooks` (their own sequence source, action
-network and lineage params; the RLBench stages use them); multi-view data multiplies
-the video tokens per sequence by its ``views``.
-
-Rank 0 logs to DVCLive (``live_dir/metrics.json``, ``live_dir/plots/metrics``) and, at the end, samples
-``eval_samples`` sequences with the EMA weights: video-token accuracy against the true future (and, as a
-reference, the accuracy of copying the history), action-bin accuracy and decoded L1 (fine-tuning), and an
-image grid ``live_dir/samples.png`` (per row: history window | true future | predicted future).
+network and lineage params; the RLBench stages use them); multi-view data multiplies the video tokens per
+sequence by its ``views``. At the end rank 0 samples ``eval_samples`` sequences with the EMA weights:
+video-token accuracy against the true future (and, as a reference, the accuracy of copying the history),
+action-bin accuracy and decoded L1 (fine-tuning), and an image grid ``live_dir/samples.png`` (per row:
+history window | true future | predicted future).
 """
 
 from __future__ import annotations
@@ -130,6 +121,7 @@ def train_stage(
     ``step_hook(step, model)`` runs after each optimizer step (tests inject stops and faults with it);
     ``hooks`` replaces the Meta-World data and action network (another benchmark)."""
     from vpdd.tokenizer import TokenCache, load_tokenizer
+    from vpdd.tokenizer.pretrained import config_dict
 
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}: expected one of {STAGES}")
@@ -255,7 +247,7 @@ def train_stage(
         "model": spec.to_dict(),
         "model_config": dataclasses.asdict(cfg.model),
         "scheduler": scheduler.to_dict(),
-        "tokenizer": {"checkpoint_hash": tok_hash, "path": str(tokenizer), "config": _tok_config(tok_cfg)},
+        "tokenizer": {"checkpoint_hash": tok_hash, "path": str(tokenizer), "config": config_dict(tok_cfg)},
         "language": {**identity, "config": dataclasses.asdict(cfg.model.language), "texts": table.texts},
         "actions": data.discretizer.to_dict() if has_actions(data) else None,
         "train": dataclasses.asdict(scfg),
@@ -344,12 +336,6 @@ def train_stage(
     return trainer.run(loop, None if step_hook is None else lambda step: step_hook(step, model))
 
 
-def _tok_config(tok_cfg) -> dict[str, Any]:
-    from vpdd.tokenizer.pretrained import config_dict
-
-    return config_dict(tok_cfg)
-
-
 def _lineage(out: Path, stage: str, params_file: str | None, tok_hash: str, manifest_sha: str, cache,
              pre, param_keys: list[str] | None = None) -> dict[str, Any] | None:
     """The vpdd.lineage record of ``out`` (None when the lineage module cannot build one here)."""
@@ -413,7 +399,7 @@ def _evaluate(model, ema, spec, scheduler, data, text_vectors, vq, layout, scfg,
 
 def _write_grid(path: Path, vq, history, target, predicted, data, dev) -> None:
     from vpdd.tokenizer.model import to_uint8
-    from vpdd.utils.io import atomic_write_bytes
+    from vpdd.utils.io import atomic_write_png
 
     grid = data.pairs.source.tokens.shape[1:] if hasattr(data, "pairs") else None
     if grid is None:
@@ -426,12 +412,4 @@ def _write_grid(path: Path, vq, history, target, predicted, data, dev) -> None:
         frames = to_uint8(vq.decode(codes.reshape(n * views, *grid))).cpu().numpy()  # (n * V, T, H, W, 3)
         rows.append(frames.reshape(n, views * frames.shape[1], *frames.shape[2:]))
     tiles = [np.concatenate([np.concatenate(list(r[i]), axis=1) for r in rows], axis=1) for i in range(n)]
-    image = np.concatenate(tiles, axis=0)
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    img = Image.fromarray(image)
-    img.resize((img.width * 2, img.height * 2), Image.NEAREST).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_png(path, np.concatenate(tiles, axis=0))
