@@ -224,7 +224,7 @@ def test_weights_metadata_is_written_with_stable_bytes(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from vpdd.train.checkpoint import checkpoint_hash, save_checkpoint, write_safetensors
+    from vpdd.runtime.checkpoint import checkpoint_hash, save_checkpoint, write_safetensors
 
     tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(3, dtype=torch.float16)}
     metadata = {f"key{i}": str(i) for i in range(40)}  # safetensors alone writes these in a random order
@@ -293,7 +293,7 @@ def test_read_lineage_names_what_is_wrong(tmp_path):
         lineage.read_lineage(tmp_path)
     import torch
 
-    from vpdd.train.checkpoint import write_safetensors
+    from vpdd.runtime.checkpoint import write_safetensors
 
     write_safetensors(tmp_path / "plain.safetensors", {"w": torch.zeros(2)}, {"format": "pt"})
     with pytest.raises(ValueError, match="holds no 'vpdd.lineage' key"):

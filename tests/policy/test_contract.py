@@ -21,7 +21,7 @@ import torch
 from vpdd.data.episodes import EpisodeStore
 from vpdd.policy import PolicyError, VPDDPolicy
 from vpdd.rlbench.policy import RLBenchPolicy
-from vpdd.train.checkpoint import checkpoint_hash
+from vpdd.runtime.checkpoint import checkpoint_hash
 
 
 def _rlbench_artefacts():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vpdd.config import ConfigError
-from vpdd.policy.checkpoint import KIND_POLICY, KIND_PRETRAIN, load_vpdd_checkpoint
+from vpdd.models.checkpoint import KIND_POLICY, KIND_PRETRAIN, load_vpdd_checkpoint
 from vpdd.rlbench.keyframes import PoseActionCoder, discover_keyframes, keyframe_targets
 from vpdd.rlbench.reader import list_episodes, load_episode
 from vpdd.rlbench.training import KeyframeFinetuneData, MultiViewPairs

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from vpdd.data.episodes import DataFormatError, load_episode
+from vpdd.runtime.checkpoint import checkpoint_hash
 from vpdd.tokenizer.cache import TokenCache, TokenCacheError
 from vpdd.tokenizer.encode import TokenizerMismatch, encode_dataset
 from vpdd.tokenizer.model import to_model_input
 from vpdd.tokenizer.pretrained import load_tokenizer
 from vpdd.tokenizer.train import train_tokenizer
-from vpdd.train.checkpoint import checkpoint_hash
 
 from .conftest import tiny_config, write_corpus_root, write_robot_root
 

@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from vpdd.train.checkpoint import (
+from vpdd.runtime.checkpoint import (
     CheckpointError,
     checkpoint_hash,
     has_checkpoint,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
+from vpdd.runtime.seeding import rng_state, set_rng_state
 
 
 def _weights(seed: int = 0) -> dict[str, torch.Tensor]:

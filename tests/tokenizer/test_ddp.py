@@ -9,8 +9,8 @@ import textwrap
 
 import torch
 
+from vpdd.runtime.checkpoint import load_checkpoint
 from vpdd.tokenizer.codebook import EMACodebook
-from vpdd.train.checkpoint import load_checkpoint
 
 from .conftest import subprocess_env
 from .test_train import TEST_TOK, _write_params

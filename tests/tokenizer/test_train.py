@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 
 from vpdd.data.episodes import DataFormatError
+from vpdd.runtime.checkpoint import CheckpointError, load_checkpoint
+from vpdd.runtime.guard import TrainingDiverged
 from vpdd.tokenizer.model import VQVAE
-from vpdd.tokenizer.train import TrainingDiverged, train_tokenizer
-from vpdd.train.checkpoint import CheckpointError, load_checkpoint
+from vpdd.tokenizer.train import train_tokenizer
 
 from .conftest import RES, subprocess_env, tiny_config
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from vpdd.policy.checkpoint import load_vpdd_checkpoint
-from vpdd.train.checkpoint import load_checkpoint
+from vpdd.models.checkpoint import load_vpdd_checkpoint
+from vpdd.runtime.checkpoint import load_checkpoint
 
 
 def _env() -> dict[str, str]:

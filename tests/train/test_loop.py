@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vpdd.policy.checkpoint import KIND_POLICY, KIND_PRETRAIN, CheckpointMismatch, load_vpdd_checkpoint
-from vpdd.train.checkpoint import CheckpointError, load_checkpoint
-from vpdd.train.guard import TrainingDiverged
+from vpdd.models.checkpoint import KIND_POLICY, KIND_PRETRAIN, CheckpointMismatch, load_vpdd_checkpoint
+from vpdd.runtime.checkpoint import CheckpointError, load_checkpoint
+from vpdd.runtime.guard import TrainingDiverged
 from vpdd.train.loop import train_stage
 
 
@@ -166,3 +166,14 @@ def test_finetuning_refuses_a_pretrained_model_of_another_tokenizer(artefacts, s
     with pytest.raises(ValueError, match="run `vpdd tokenizer encode` again"):
         train_stage("pretrain", synthetic.config(), tokens=tmp_path / "tokens2", tokenizer=artefacts["tokenizer"],
                     out=tmp_path / "x", **kw)
+
+
+def test_a_checkpoint_of_another_format_is_refused_naming_both_versions(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "pol"
+    shutil.copytree(trained["policy"], copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**cfg, "format": 99}))
+    with pytest.raises(CheckpointError, match="vpdd checkpoint format 99, this code reads format 1"):
+        load_vpdd_checkpoint(copy)

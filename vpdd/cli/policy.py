@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from vpdd.policy.checkpoint import read_vpdd_config
-    from vpdd.train.checkpoint import load_checkpoint
+    from vpdd.models.checkpoint import read_vpdd_config
+    from vpdd.runtime.checkpoint import load_checkpoint
 
     config = read_vpdd_config(args.path)
     ck = load_checkpoint(args.path)

@@ -164,7 +164,7 @@ def _train(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from vpdd.rlbench.training import train_rlbench_stage
-    from vpdd.train.guard import TrainingDiverged, TrainingInterrupted
+    from vpdd.runtime.guard import TrainingDiverged, TrainingInterrupted
 
     cfg = params(args)
     resume = resume_mode(args)

@@ -72,7 +72,8 @@ def _passive_omp() -> None:
 def _train(args: argparse.Namespace) -> int:
     _passive_omp()
     from vpdd.cli.common import params, resume_mode
-    from vpdd.tokenizer.train import TrainingDiverged, TrainingInterrupted, train_tokenizer
+    from vpdd.runtime.guard import TrainingDiverged, TrainingInterrupted
+    from vpdd.tokenizer.train import train_tokenizer
 
     cfg = params(args)
     try:

@@ -45,7 +45,7 @@ def _train(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from vpdd.cli.common import params, resume_mode
-    from vpdd.train.guard import TrainingDiverged, TrainingInterrupted
+    from vpdd.runtime.guard import TrainingDiverged, TrainingInterrupted
     from vpdd.train.loop import train_stage
 
     cfg = params(args)

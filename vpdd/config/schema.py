@@ -50,7 +50,3 @@ class VPDDConfig(Validated):
             Check("rlbench.eval_sampling_stride", self.rlbench.eval_sampling_stride <= self.diffusion.num_timesteps,
                   f"at most diffusion.num_timesteps ({self.diffusion.num_timesteps})"),
         ]
-
-    @property
-    def eval_tasks(self) -> list[str]:
-        return list(self.eval.tasks) or list(self.data.robot.tasks)

@@ -426,8 +426,8 @@ def run_video_eval(policy_dir: str | Path, cfg: Any, out: str | Path, settings: 
     """Evaluate ``policy_dir`` (a ``vpdd-pretrain`` or ``vpdd-policy`` checkpoint) and write the outputs to
     ``out``; returns the metrics dict. ``cfg`` is the composed params (:class:`vpdd.config.VPDDConfig`)."""
     from vpdd.envs.tasks import unknown_tasks
+    from vpdd.models.checkpoint import read_vpdd_config
     from vpdd.policy import VPDDPolicy
-    from vpdd.policy.checkpoint import read_vpdd_config
 
     settings = settings or VideoEvalSettings()
     settings.check()

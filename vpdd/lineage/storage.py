@@ -1,7 +1,7 @@
 """The two stored copies of a lineage record: ``lineage.json`` in the output directory and the same record in
 the ``model.safetensors`` metadata (so a weights file copied out of the repository still names its data).
 
-Training code attaches a record with ``vpdd.policy.checkpoint.save_vpdd_checkpoint(..., lineage=record)``,
+Training code attaches a record with ``vpdd.models.checkpoint.save_vpdd_checkpoint(..., lineage=record)``,
 which writes ``lineage.json`` and passes :func:`lineage_metadata` to ``save_checkpoint(...,
 weights_metadata=...)``. :func:`read_lineage` reads lineage.json and falls back to the weights' metadata when
 the file is gone; :func:`lineage_sources` and :func:`compare_records` tell whether the two copies agree.
@@ -17,7 +17,7 @@ from typing import Any
 from vpdd.lineage.record import canonical_json
 
 LINEAGE_FILE = "lineage.json"
-WEIGHTS_FILE = "model.safetensors"  # vpdd.train.checkpoint.WEIGHTS_NAME
+WEIGHTS_FILE = "model.safetensors"  # vpdd.runtime.checkpoint.WEIGHTS_NAME
 METADATA_KEY = "vpdd.lineage"
 
 

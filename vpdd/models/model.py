@@ -124,13 +124,6 @@ class VPDDModel(nn.Module):
     def layout(self) -> TokenLayout:
         return self.spec.layout
 
-    def add_action_net(self) -> None:
-        """Build a fresh action network (fine-tuning from a pre-trained video network)."""
-        if self.spec.action is None:
-            raise ValueError("the model spec has no action network config")
-        if self.action is None:
-            self.action = build_action_net(self.spec, self.video.dim)
-
     def freeze(self, parts: set[str] | list[str] | tuple[str, ...]) -> None:
         """Freeze the named parts ("video", "action"); the others train."""
         unknown = set(parts) - set(PARTS)

@@ -50,14 +50,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from vpdd.models.model import diffusion_loss, sample_tokens
-from vpdd.policy.checkpoint import (
+from vpdd.models.checkpoint import (
     KIND_POLICY,
     LINEAGE_FILE,
     LoadedCheckpoint,
     load_vpdd_checkpoint,
     save_vpdd_checkpoint,
 )
+from vpdd.models.model import diffusion_loss, sample_tokens
 
 log = logging.getLogger(__name__)
 

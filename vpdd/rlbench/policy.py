@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from vpdd.models.model import diffusion_loss, sample_tokens
-from vpdd.policy.checkpoint import (
+from vpdd.models.checkpoint import (
     KIND_POLICY,
     LINEAGE_FILE,
     LoadedCheckpoint,

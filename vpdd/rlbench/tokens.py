@@ -68,9 +68,9 @@ def encode_rlbench(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Write the multi-view token cache of the PerAct data in ``data_root`` to ``out``; returns its manifest."""
+    from vpdd.runtime.checkpoint import checkpoint_hash
     from vpdd.tokenizer.cache import write_token_cache
     from vpdd.tokenizer.pretrained import config_dict, load_tokenizer
-    from vpdd.train.checkpoint import checkpoint_hash
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                        else ("cpu" if device == "auto" else device))

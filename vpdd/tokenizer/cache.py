@@ -303,7 +303,7 @@ class TokenCache:
 
     def check_tokenizer(self, tokenizer_dir: str | Path) -> None:
         """Raise unless the cache was written by the tokenizer checkpoint in ``tokenizer_dir``."""
-        from vpdd.train.checkpoint import checkpoint_hash
+        from vpdd.runtime.checkpoint import checkpoint_hash
 
         got = checkpoint_hash(tokenizer_dir)
         if got != self.tokenizer_hash:

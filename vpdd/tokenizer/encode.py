@@ -21,10 +21,10 @@ from vpdd.config.tokenizer import TokenizerConfig
 from vpdd.data.episodes import DataFormatError
 from vpdd.lineage import data_md5 as data_version
 from vpdd.lineage import index_digest
+from vpdd.runtime.checkpoint import checkpoint_hash
 from vpdd.tokenizer import data as tdata
 from vpdd.tokenizer.cache import write_token_cache
 from vpdd.tokenizer.pretrained import config_dict, differing_keys, load_tokenizer
-from vpdd.train.checkpoint import checkpoint_hash
 
 log = logging.getLogger(__name__)
 

@@ -274,11 +274,6 @@ class VQVAE(nn.Module):
             cb.ema_count.fill_(1.0)
             cb.ema_sum.copy_(cb.embeddings)
 
-    def load_ema_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name in EMA_BUFFERS:
-                getattr(self.codebook, name).copy_(state[name])
-
 
 def to_model_input(frames: torch.Tensor) -> torch.Tensor:
     """uint8 frames (B, T, H, W, 3) -> float clips (B, 3, T, H, W) in [-0.5, 0.5] (algorithm.md §2.4)."""

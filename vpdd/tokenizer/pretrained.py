@@ -1,4 +1,4 @@
-"""Saving and loading tokenizer checkpoints (directories in the :mod:`vpdd.train.checkpoint` layout).
+"""Saving and loading tokenizer checkpoints (directories in the :mod:`vpdd.runtime.checkpoint` layout).
 
 ``config.json`` holds ``{"kind": "vpdd-tokenizer", "format": 1, "tokenizer": <TokenizerConfig>, ...}`` plus
 derived facts a consumer needs without building the network (resolution, encode window, latent grid per
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from vpdd.config.tokenizer import TokenizerConfig
+from vpdd.runtime.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_config
 from vpdd.tokenizer.model import VQVAE, VQVAEArch
-from vpdd.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_config
 
 log = logging.getLogger(__name__)
 

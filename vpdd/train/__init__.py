@@ -1,3 +1,2 @@
-"""Training infrastructure shared by the tokenizer, pre-training and fine-tuning loops: self-describing
-checkpoint directories (:mod:`vpdd.train.checkpoint`) and torchrun/DDP set-up
-(:mod:`vpdd.train.distributed`)."""
+"""The diffusion training stages: pre-training and fine-tuning (:mod:`vpdd.train.loop`) on the training
+skeleton of :mod:`vpdd.runtime`, their sequence sources (:mod:`vpdd.train.datasets`) and the EMA."""

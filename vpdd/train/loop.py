@@ -1,4 +1,4 @@
-"""One training loop for both diffusion stages: actionless pre-training and few-demonstration fine-tuning.
+"""The two diffusion stages, actionless pre-training and few-demonstration fine-tuning, on the training skeleton.
 
 :func:`train_stage` trains :class:`~vpdd.models.VPDDModel` with the unified discrete diffusion
 (:class:`~vpdd.diffusion.MaskReplaceScheduler`; this module never does diffusion maths) on sequences from
@@ -9,32 +9,23 @@ and/or action network; everything else is frozen, in eval mode, under ``no_grad`
   all-zero action logits), writes a ``vpdd-pretrain`` checkpoint;
 * ``finetune``: the pre-trained video network loaded (its EMA weights) and frozen, a new GPT-2 action
   network trained on ``demos_per_task`` demonstrations per task; the action discretizer is fitted on
-  them; writes a ``vpdd-policy`` checkpoint (:mod:`vpdd.policy.checkpoint` describes both layouts).
+  them; writes a ``vpdd-policy`` checkpoint (:mod:`vpdd.models.checkpoint` describes both layouts).
 
-Per optimizer step: ``grad_accum`` micro-batches (DDP synchronises only on the last), Adam, then the EMA
-update (copy before ``ema_start``, blend every ``ema_every`` steps). bf16 autocast on CUDA.
-
-Safety and exactness:
-
-* every random draw of a micro-batch is seeded from ``(seed, rank, step, micro)`` (:func:`step_seed`);
-  weights, EMA, optimizer and the scheduler's importance-sampling history (per rank) are saved, so a
-  resumed run ends bit-identical to an uninterrupted one on the same machine;
-* a run resumes only from a checkpoint with the same **fingerprint** (configs except the cadence keys,
-  tokenizer and token-cache identity, pre-trained model, demonstrations, text encoder, world size and a
-  digest of the training code). ``resume="strict"`` refuses a different one (naming the differences),
-  ``"auto"`` (the DVC stages, whose outputs persist) starts over, ``"never"`` always starts over;
-* a non-finite loss or gradient stops the run with :class:`TrainingDiverged` before the optimizer step;
-  nothing is saved after the last good checkpoint. SIGTERM/SIGINT save and raise
-  :class:`TrainingInterrupted`. Checkpoints are written atomically.
+Per optimizer step: ``grad_accum`` micro-batches (DDP synchronises only on the last), a non-finite loss or
+gradient check (:class:`~vpdd.runtime.guard.TrainingDiverged` before the update), Adam, then the EMA update
+(copy before ``ema_start``, blend every ``ema_every`` steps). Every random draw of a micro-batch is seeded
+from ``(seed, rank, step, micro)``; weights, EMA, optimizer and the scheduler's importance-sampling history
+(per rank) are saved, so a resumed run ends bit-identical to an uninterrupted one on the same machine. The
+run's fingerprint (configs except the cadence keys, tokenizer and token-cache identity, pre-trained model,
+demonstrations, text encoder, world size, a digest of the training code) decides what may be resumed; the
+skeleton (:class:`vpdd.runtime.skeleton.Trainer`) runs the loop, resume, stop flag and logging.
 
 Benchmarks other than Meta-World plug in through :class:`StageHooks` (their own sequence source, action
-network and lineage params; the RLBench path in :mod:`vpdd.train.multiview`); multi-view data multiplies
-the video tokens per sequence by its ``views``.
-
-Rank 0 logs to DVCLive (``live_dir/metrics.json``, ``live_dir/plots/metrics``) and, at the end, samples
-``eval_samples`` sequences with the EMA weights: video-token accuracy against the true future (and, as a
-reference, the accuracy of copying the history), action-bin accuracy and decoded L1 (fine-tuning), and an
-image grid ``live_dir/samples.png`` (per row: history window | true future | predicted future).
+network and lineage params; the RLBench stages use them); multi-view data multiplies the video tokens per
+sequence by its ``views``. At the end rank 0 samples ``eval_samples`` sequences with the EMA weights:
+video-token accuracy against the true future (and, as a reference, the accuracy of copying the history),
+action-bin accuracy and decoded L1 (fine-tuning), and an image grid ``live_dir/samples.png`` (per row:
+history window | true future | predicted future).
 """
 
 from __future__ import annotations
@@ -43,11 +34,9 @@ import dataclasses
 import hashlib
 import logging
 import math
-import sys
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +44,7 @@ import numpy as np
 import torch
 
 from vpdd.diffusion import MaskReplaceScheduler, TokenLayout
-from vpdd.models.language import InstructionTable, build_text_encoder, encoder_identity
-from vpdd.models.model import PARTS, ModelSpec, VPDDModel, diffusion_loss, sample_tokens
-from vpdd.policy.checkpoint import (
+from vpdd.models.checkpoint import (
     KIND_POLICY,
     KIND_PRETRAIN,
     check_pretrained_compatible,
@@ -65,11 +52,16 @@ from vpdd.policy.checkpoint import (
     read_vpdd_config,
     save_vpdd_checkpoint,
 )
-from vpdd.train import distributed as dist_utils
-from vpdd.train.checkpoint import CheckpointError, checkpoint_hash, has_checkpoint, read_config
+from vpdd.models.language import InstructionTable, build_text_encoder, encoder_identity
+from vpdd.models.model import PARTS, ModelSpec, VPDDModel, diffusion_loss, sample_tokens
+from vpdd.runtime import distributed as dist_utils
+from vpdd.runtime.checkpoint import CheckpointError, checkpoint_hash, read_config
+from vpdd.runtime.fingerprint import code_digest, fingerprint_changes, jsonable
+from vpdd.runtime.live import log_metrics
+from vpdd.runtime.seeding import step_seed
+from vpdd.runtime.skeleton import Loop, Meter, Trainer, TrainResult
 from vpdd.train.datasets import FinetuneData, PretrainData
 from vpdd.train.ema import EMA
-from vpdd.train.guard import StopFlag, TrainingDiverged, TrainingInterrupted, log_metrics, open_live, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +73,9 @@ PARAM_KEYS = {
     "pretrain": ["model.video", "model.language", "model.actions", "diffusion", "pretrain"],
     "finetune": ["model", "diffusion", "finetune", "data.robot.tasks"],
 }
-_CODE = ("models", "diffusion", "train/loop.py", "train/datasets.py", "train/ema.py", "policy/checkpoint.py")
+# the source that defines what a training step computes (the fingerprint's code digest)
+_CODE = ("models", "diffusion", "train/loop.py", "train/datasets.py", "train/ema.py", "runtime/skeleton.py",
+         "runtime/seeding.py")
 
 
 @dataclass
@@ -105,49 +99,6 @@ def has_actions(data: Any) -> bool:
     return getattr(data, "discretizer", None) is not None
 
 
-@dataclass
-class StageResult:
-    out: Path
-    step: int
-    resumed_from: int | None
-    seconds: float
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-def code_digest() -> str:
-    """sha256 of the source files that define what a training step computes."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for rel in _CODE:
-        p = root / rel
-        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
-            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-def _diff(old: dict[str, Any] | None, new: dict[str, Any], prefix: str = "") -> list[str]:
-    if not isinstance(old, dict):
-        return [f"{prefix or 'fingerprint'}: checkpoint has none"]
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: checkpoint {str(a)[:80]!r} vs now {str(b)[:80]!r}")
-    return out
-
-
-def _jsonable(obj: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def train_stage(
     stage: str,
     cfg,
@@ -164,24 +115,21 @@ def train_stage(
     step_hook: Callable[[int, VPDDModel], None] | None = None,
     progress: bool | None = None,
     hooks: StageHooks | None = None,
-) -> StageResult:
+) -> TrainResult:
     """Train ``stage`` ("pretrain" | "finetune") with the root config ``cfg``; ``out`` ends complete.
 
     ``step_hook(step, model)`` runs after each optimizer step (tests inject stops and faults with it);
     ``hooks`` replaces the Meta-World data and action network (another benchmark)."""
     from vpdd.tokenizer import TokenCache, load_tokenizer
+    from vpdd.tokenizer.pretrained import config_dict
 
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}: expected one of {STAGES}")
-    if resume not in ("strict", "auto", "never"):
-        raise ValueError(f"resume={resume!r}: expected strict, auto or never")
     out, tokens, tokenizer = Path(out), Path(tokens), Path(tokenizer)
-    live_path = Path(live_dir) if live_dir is not None else None
     scfg = getattr(cfg, stage)
     hooks = hooks or StageHooks()
-    info = dist_utils.init_distributed(device)
-    dev = info.device
-    t_start = time.time()
+    trainer = Trainer(stage, out, resume=resume, device=device, live_dir=live_dir, progress=progress)
+    info, dev = trainer.info, trainer.device
 
     # -- tokens, tokenizer, layout ----------------------------------------------------------------------
     cache = TokenCache(tokens)
@@ -194,7 +142,7 @@ def train_stage(
     if cache.n_codes != codebook.shape[0]:
         raise CheckpointError(f"{tokenizer}: {codebook.shape[0]} codes, but {tokens} says {cache.n_codes}")
     identity = encoder_identity(cfg.model.language)
-    manifest_sha = _sha256_file(tokens / "manifest.json")
+    manifest_sha = hashlib.sha256((tokens / "manifest.json").read_bytes()).hexdigest()
 
     # -- data and the pre-trained model ----------------------------------------------------------------
     pre = None
@@ -223,7 +171,7 @@ def train_stage(
 
     extra_fp = {} if hooks.action_net == "gpt2" and not hooks.action_options else {
         "action_net": hooks.action_net, "action_options": hooks.action_options}
-    fingerprint = _jsonable({
+    fingerprint = jsonable({
         "stage": stage,
         "train": {k: v for k, v in dataclasses.asdict(scfg).items() if k not in CADENCE_KEYS},
         "model": dataclasses.asdict(cfg.model),
@@ -235,34 +183,21 @@ def train_stage(
         **extra_fp,
         "text_encoder": identity,
         "world_size": info.world_size,
-        "code_sha256": code_digest(),
+        "code_sha256": code_digest(*_CODE),
         "torch": torch.__version__,
     })
 
     # -- resume? ---------------------------------------------------------------------------------------
-    if info.is_main and resume != "never":
-        has_checkpoint(out)  # finish an interrupted save before anyone reads
-    dist_utils.barrier(info)
     state_ckpt = None
-    if resume != "never" and (out / "meta.json").is_file():
-        old = read_config(out)
-        diff = _diff(old.get("fingerprint"), fingerprint)
-        if diff and resume == "strict":
-            raise CheckpointError(
-                f"{out}: holds a different run, cannot resume (" + "; ".join(diff[:6])
-                + "). Use another --out, or --fresh to start over."
-            )
-        if diff:
-            log.warning("%s: a different run (%s); starting over", out, "; ".join(diff[:3]))
-        else:
-            state_ckpt = load_vpdd_checkpoint(out, training_state=True)
-            saved_step = state_ckpt.checkpoint.training_state["step"]
-            if saved_step > scfg.steps:
-                if resume == "strict":
-                    raise CheckpointError(f"{out}: already at step {saved_step} > {stage}.steps={scfg.steps}; "
-                                          "use --fresh to train a shorter run")
-                log.warning("%s: at step %d > %d steps; starting over", out, saved_step, scfg.steps)
-                state_ckpt = None
+    if trainer.same_run(lambda: fingerprint_changes(read_config(out).get("fingerprint"), fingerprint)):
+        state_ckpt = load_vpdd_checkpoint(out, training_state=True)
+        saved_step = state_ckpt.checkpoint.training_state["step"]
+        if saved_step > scfg.steps:
+            if resume == "strict":
+                raise CheckpointError(f"{out}: already at step {saved_step} > {stage}.steps={scfg.steps}; "
+                                      "use --fresh to train a shorter run")
+            log.warning("%s: at step %d > %d steps; starting over", out, saved_step, scfg.steps)
+            state_ckpt = None
 
     # -- language ---------------------------------------------------------------------------------------
     base = state_ckpt or pre
@@ -290,7 +225,6 @@ def train_stage(
         scheduler.aux_loss_weight = float(scfg.aux_loss_weight)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=scfg.lr, betas=(0.9, 0.999))
     ema = EMA(model, scfg.ema_decay, scfg.ema_every, scfg.ema_start)
-    start_step, resumed_from, elapsed_before = 0, None, 0.0
     if state_ckpt is not None:
         st = state_ckpt.checkpoint.training_state
         model.load_state_dict(st["model"])
@@ -298,15 +232,8 @@ def train_stage(
         optimizer.load_state_dict(st["optimizer"])
         per_rank = st["scheduler"]
         scheduler.load_state_dict(per_rank[info.rank] if info.rank < len(per_rank) else per_rank[0])
-        start_step = resumed_from = int(st["step"])
-        elapsed_before = float(st.get("elapsed_s", 0.0))
-        if info.is_main:
-            log.info("resuming %s from step %d of %d", out, start_step, scfg.steps)
-    net: torch.nn.Module = model
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        trainer.resumed(st["step"], st.get("elapsed_s", 0.0), scfg.steps)
+    net = trainer.wrap(model)
     model.train()
     n_params = {p: sum(x.numel() for x in getattr(model, p).parameters()) for p in PARTS if getattr(model, p)}
     if info.is_main:
@@ -320,7 +247,7 @@ def train_stage(
         "model": spec.to_dict(),
         "model_config": dataclasses.asdict(cfg.model),
         "scheduler": scheduler.to_dict(),
-        "tokenizer": {"checkpoint_hash": tok_hash, "path": str(tokenizer), "config": _tok_config(tok_cfg)},
+        "tokenizer": {"checkpoint_hash": tok_hash, "path": str(tokenizer), "config": config_dict(tok_cfg)},
         "language": {**identity, "config": dataclasses.asdict(cfg.model.language), "texts": table.texts},
         "actions": data.discretizer.to_dict() if has_actions(data) else None,
         "train": dataclasses.asdict(scfg),
@@ -334,14 +261,9 @@ def train_stage(
         "fingerprint": fingerprint,
         "provenance": _provenance(lineage, tok_hash, manifest_sha),
     }
-    live = open_live(live_path, resumed_from) if info.is_main else None
 
     def save(step: int, metrics: dict[str, float]) -> None:
-        dist_utils.check_in_sync([p.detach() for p in model.trainable_parameters()], info)
-        bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:
-            raise TrainingDiverged(f"step {step}: non-finite weights {bad[:3]}; not saving, {out} keeps the last "
-                                   "good checkpoint")
+        trainer.check_weights(step, [p.detach() for p in model.trainable_parameters()], model.state_dict())
         sched_states = [scheduler.state_dict()]
         if info.enabled:
             import torch.distributed as dist
@@ -356,10 +278,9 @@ def train_stage(
                 "ema": {k: v.cpu() for k, v in ema.state_dict().items()},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": [{k: v.cpu() for k, v in s.items()} for s in sched_states],
-                "elapsed_s": elapsed_before + time.time() - t_start,
+                "elapsed_s": trainer.elapsed(),
             }
-            meta = {"step": step, "steps": scfg.steps, "stage": stage, "world_size": info.world_size,
-                    "torch": torch.__version__, "python": sys.version.split()[0], "metrics": metrics,
+            meta = {"step": step, "steps": scfg.steps, "stage": stage, **trainer.versions(), "metrics": metrics,
                     "parameters": n_params}
             save_vpdd_checkpoint(out, config=base_config, model_state=ema.averaged_state_dict(model),
                                  tokenizer_state=vq.inference_state_dict(), text_vectors=table.vectors,
@@ -367,94 +288,52 @@ def train_stage(
             log.info("checkpoint: %s at step %d", out, step)
         dist_utils.barrier(info)
 
-    # -- loop ---------------------------------------------------------------------------------------------
-    from tqdm import tqdm
-
-    show = info.is_main and (sys.stderr.isatty() if progress is None else progress)
-    bar = tqdm(total=scfg.steps, initial=start_step, desc=stage, unit="step", disable=not show)
     params = model.trainable_parameters()
-    acc: dict[str, float] = {}
-    n_acc, t_log = 0, time.time()
-    step = start_step
-    metrics: dict[str, float] = {}
-    try:
-        with StopFlag() as stop:
-            while step < scfg.steps:
-                values = []
-                for micro in range(scfg.grad_accum):
-                    torch.manual_seed(step_seed(scfg.seed, info.rank, step, micro, 0))  # dropout
-                    gen = torch.Generator(device=dev).manual_seed(step_seed(scfg.seed, info.rank, step, micro, 1))
-                    batch = data.batch(scfg.batch_size, scfg.seed, info.rank, step, micro).to(dev)
-                    sync = info.enabled and micro < scfg.grad_accum - 1
-                    with net.no_sync() if sync else nullcontext():
-                        loss, linfo = diffusion_loss(net, scheduler, batch.x0(layout), batch.history,
-                                                     text_vectors[batch.lang_ids], gen)
-                        (loss / scfg.grad_accum).backward()
-                    values.append(float(loss.detach()))
-                    for k in ("kl_loss", "kl_video", "kl_action", "aux"):
-                        acc[k] = acc.get(k, 0.0) + float(linfo[k]) / scfg.grad_accum
-                grads = [p.grad for p in params if p.grad is not None]
-                gnorm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
-                bad = not all(math.isfinite(v) for v in values) or not math.isfinite(gnorm)
-                if dist_utils.any_true(bad, info):
-                    raise TrainingDiverged(
-                        f"step {step}: loss {values} / gradient norm {gnorm} not finite (on some rank); stopping "
-                        f"before the update. {out} keeps the last good checkpoint; lower {stage}.lr or check data"
-                    )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                ema.update(model, step)
-                bar.update(1)
-                acc["loss"] = acc.get("loss", 0.0) + sum(values) / len(values)
-                acc["grad_norm"] = acc.get("grad_norm", 0.0) + gnorm
-                n_acc += 1
-                if step % scfg.log_every == 0 or step == scfg.steps:
-                    now = time.time()
-                    metrics = {f"train/{k}": v / n_acc for k, v in acc.items()}
-                    metrics["train/seq_per_s"] = (n_acc * scfg.batch_size * scfg.grad_accum * info.world_size
-                                                  / max(now - t_log, 1e-9))
-                    metrics["train/s_per_step"] = (now - t_log) / n_acc
-                    if info.is_main:
-                        log_metrics(live, step, metrics)
-                        bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
-                        log.info("%s step %d: %s", stage, step,
-                                 ", ".join(f"{k[6:]} {v:.4g}" for k, v in metrics.items()))
-                    acc, n_acc, t_log = {}, 0, now
-                stopping = dist_utils.any_true(stop.signal is not None, info)
-                if step == scfg.steps and info.is_main and scfg.eval_samples > 0:
-                    metrics = {**metrics, **_evaluate(model, ema, spec, scheduler, data, text_vectors, vq, layout,
-                                                      scfg, dev, live_path)}
-                    log_metrics(live, step, {k: v for k, v in metrics.items() if k.startswith("eval/")})
-                if step % scfg.checkpoint_every == 0 or step == scfg.steps or stopping:
-                    save(step, metrics)
-                if stopping:
-                    raise TrainingInterrupted(f"stopped by a signal at step {step}; checkpoint saved in {out}; "
-                                              "run the same command again to resume")
-                if step_hook is not None:
-                    step_hook(step, model)
-    finally:
-        bar.close()
-        if live is not None:
-            live.make_summary()
-    seconds = elapsed_before + time.time() - t_start
-    if live is not None:
-        live.summary["train_seconds"] = round(seconds, 2)
-        live.summary["steps"] = step
-        live.make_summary()
-        live.end()
-    dist_utils.barrier(info)
-    dist_utils.cleanup(info)
-    if start_step >= scfg.steps and info.is_main:
-        log.info("%s: %s is already trained to step %d; nothing to do", stage, out, start_step)
-        metrics = dict(state_ckpt.checkpoint.meta.get("metrics", {})) if state_ckpt is not None else {}
-    return StageResult(out=out, step=step, resumed_from=resumed_from, seconds=seconds, metrics=metrics)
 
+    def train_step(step: int, meter: Meter) -> None:
+        """``grad_accum`` micro-batches (DDP synchronises on the last), the guard, Adam, the EMA."""
+        values = []
+        for micro in range(scfg.grad_accum):
+            torch.manual_seed(step_seed(scfg.seed, info.rank, step, micro, 0))  # dropout
+            gen = torch.Generator(device=dev).manual_seed(step_seed(scfg.seed, info.rank, step, micro, 1))
+            batch = data.batch(scfg.batch_size, scfg.seed, info.rank, step, micro).to(dev)
+            sync = info.enabled and micro < scfg.grad_accum - 1
+            with net.no_sync() if sync else nullcontext():
+                loss, linfo = diffusion_loss(net, scheduler, batch.x0(layout), batch.history,
+                                             text_vectors[batch.lang_ids], gen)
+                (loss / scfg.grad_accum).backward()
+            values.append(float(loss.detach()))
+            for k in ("kl_loss", "kl_video", "kl_action", "aux"):
+                meter.add(k, float(linfo[k]) / scfg.grad_accum)
+        grads = [p.grad for p in params if p.grad is not None]
+        gnorm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+        trainer.check(not all(math.isfinite(v) for v in values) or not math.isfinite(gnorm), lambda: (
+            f"step {step}: loss {values} / gradient norm {gnorm} not finite (on some rank); stopping before the "
+            f"update. {out} keeps the last good checkpoint; lower {stage}.lr or check data"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(model, step + 1)
+        meter.add("loss", sum(values) / len(values))
+        meter.add("grad_norm", gnorm)
 
-def _tok_config(tok_cfg) -> dict[str, Any]:
-    from vpdd.tokenizer.pretrained import config_dict
+    def evaluate(step: int) -> dict[str, float]:
+        if not info.is_main or scfg.eval_samples <= 0:
+            return {}
+        metrics = _evaluate(model, ema, spec, scheduler, data, text_vectors, vq, layout, scfg, dev,
+                            trainer.live_dir)
+        log_metrics(trainer.live, step, metrics)
+        return metrics
 
-    return config_dict(tok_cfg)
+    def rates(n: int, seconds: float) -> dict[str, float]:
+        seq = n * scfg.batch_size * scfg.grad_accum * info.world_size
+        return {"seq_per_s": seq / max(seconds, 1e-9), "s_per_step": seconds / n}
+
+    def when_done(step: int, metrics: dict[str, float]) -> dict[str, float]:
+        return dict(state_ckpt.checkpoint.meta.get("metrics", {})) if state_ckpt is not None else metrics
+
+    loop = Loop(steps=scfg.steps, log_every=scfg.log_every, checkpoint_every=scfg.checkpoint_every,
+                train_step=train_step, save=save, log_extra=rates, evaluate=evaluate, when_done=when_done)
+    return trainer.run(loop, None if step_hook is None else lambda step: step_hook(step, model))
 
 
 def _lineage(out: Path, stage: str, params_file: str | None, tok_hash: str, manifest_sha: str, cache,
@@ -520,7 +399,7 @@ def _evaluate(model, ema, spec, scheduler, data, text_vectors, vq, layout, scfg,
 
 def _write_grid(path: Path, vq, history, target, predicted, data, dev) -> None:
     from vpdd.tokenizer.model import to_uint8
-    from vpdd.utils.io import atomic_write_bytes
+    from vpdd.utils.io import atomic_write_png
 
     grid = data.pairs.source.tokens.shape[1:] if hasattr(data, "pairs") else None
     if grid is None:
@@ -533,12 +412,4 @@ def _write_grid(path: Path, vq, history, target, predicted, data, dev) -> None:
         frames = to_uint8(vq.decode(codes.reshape(n * views, *grid))).cpu().numpy()  # (n * V, T, H, W, 3)
         rows.append(frames.reshape(n, views * frames.shape[1], *frames.shape[2:]))
     tiles = [np.concatenate([np.concatenate(list(r[i]), axis=1) for r in rows], axis=1) for i in range(n)]
-    image = np.concatenate(tiles, axis=0)
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    img = Image.fromarray(image)
-    img.resize((img.width * 2, img.height * 2), Image.NEAREST).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_png(path, np.concatenate(tiles, axis=0))

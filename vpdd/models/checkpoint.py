@@ -1,6 +1,6 @@
 """Checkpoint directories of the pre-trained video model and of the policy (one format, two kinds).
 
-Both are :mod:`vpdd.train.checkpoint` directories (written atomically, hashed in ``meta.json``) that
+Both are :mod:`vpdd.runtime.checkpoint` directories (written atomically, hashed in ``meta.json``) that
 describe themselves completely, so :func:`load_vpdd_checkpoint` rebuilds everything from the directory
 alone, without params.yaml or the tokenizer directory::
 
@@ -44,7 +44,7 @@ from vpdd.diffusion import MaskReplaceScheduler, TokenLayout
 from vpdd.models.actions import ActionDiscretizer
 from vpdd.models.language import InstructionTable
 from vpdd.models.model import ModelSpec, VPDDModel
-from vpdd.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_config, save_checkpoint
+from vpdd.runtime.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_config, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ def read_vpdd_config(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict[s
     if config.get("kind") not in kinds:
         raise CheckpointError(f"{path}: a {config.get('kind')!r} checkpoint, expected one of {list(kinds)}")
     if config.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {config.get('format')!r}, this code reads format {FORMAT}")
+        raise CheckpointError(f"{path}: vpdd checkpoint format {config.get('format')!r}, this code reads format "
+                              f"{FORMAT}; load it with the vpdd version that wrote it, or train it again")
     return config
 
 
