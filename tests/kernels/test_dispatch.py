@@ -6,6 +6,7 @@ import pytest
 import torch
 from vpdd_kernels import dispatch, loss
 
+import vpdd.diffusion.scheduler as scheduler_module
 from vpdd.diffusion.scheduler import MaskReplaceScheduler
 
 from ._problems import LAYOUT, problem
@@ -91,3 +92,34 @@ def test_config_value_picks_what_runs(monkeypatch, device, kernel_impl):
     assert MaskReplaceScheduler(LAYOUT, kernel_impl="auto").kernel_impl_for("cpu") == other
     monkeypatch.delenv(dispatch.ENV_VAR)
     assert MaskReplaceScheduler(LAYOUT).kernel_impl_for("cpu") == "torch"
+
+
+@pytest.mark.parametrize("kernel_impl", ["triton", "torch"])
+def test_the_kernel_impl_config_reaches_training_loading_and_the_records(monkeypatch, tmp_path, artefacts, synthetic,
+                                                                        kernel_impl):
+    """``kernel.impl`` (not only the environment variable) picks what the training scheduler and a loaded
+    policy's scheduler run: the pre-training steps call the chosen implementation (spied at the dispatch),
+    the checkpoint's meta.json records it, and loading with the other value switches it."""
+    from vpdd.models.checkpoint import load_vpdd_checkpoint
+    from vpdd.policy import VPDDPolicy
+    from vpdd.runtime.checkpoint import load_checkpoint
+    from vpdd.train.loop import train_stage
+
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # so "triton" is a valid choice on this CPU
+    asked: list[str] = []
+    real_ops = dispatch.ops
+
+    def spy(impl):  # record the implementation asked for, run the PyTorch one (the interpreter is slow)
+        asked.append(impl)
+        return real_ops("torch")
+
+    monkeypatch.setattr(scheduler_module, "ops", spy)
+    cfg = synthetic.config(**{"pretrain.steps": 2, "kernel.impl": kernel_impl})
+    train_stage("pretrain", cfg, out=tmp_path / "pre", tokens=artefacts["tokens"], tokenizer=artefacts["tokenizer"],
+                params_file=None, progress=False)
+    assert asked and set(asked) == {kernel_impl}
+    assert load_checkpoint(tmp_path / "pre").meta["kernel_impl"] == kernel_impl
+    other = "torch" if kernel_impl == "triton" else "triton"
+    assert load_vpdd_checkpoint(tmp_path / "pre", kernel_impl=other).scheduler.kernel_impl_for() == other
+    assert VPDDPolicy.from_pretrained(tmp_path / "pre", kernel_impl=other).scheduler.kernel_impl_for() == other

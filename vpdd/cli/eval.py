@@ -65,9 +65,10 @@ def _run(args: argparse.Namespace) -> int:
         seeds=list(pick(args.seeds, ev.seeds)), max_steps=pick(args.max_steps, ev.max_steps),
         n_envs=pick(args.n_envs, ev.n_envs), execute_steps=pick(args.execute_steps, ev.execute_steps),
         sampling_stride=pick(args.sampling_stride, ev.sampling_stride),
-        videos_per_task=pick(args.videos, ev.videos_per_task), device=args.device,
+        videos_per_task=pick(args.videos, ev.videos_per_task), device=args.device, kernel_impl=cfg.kernel.impl,
     )
-    problems = validate_tree(type(ev)(**{k: v for k, v in asdict(settings).items() if k != "device"}), "eval.")
+    problems = validate_tree(type(ev)(**{k: v for k, v in asdict(settings).items()
+                                         if k not in ("device", "kernel_impl")}), "eval.")
     if problems:
         print("vpdd eval run: error: " + "; ".join(problems), file=sys.stderr)
         return 2

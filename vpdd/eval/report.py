@@ -39,6 +39,7 @@ class EvalSettings:
     sampling_stride: int = 1
     videos_per_task: int = 1
     device: str = "cpu"
+    kernel_impl: str = "auto"  # the kernel.impl setting (VPDD_KERNEL_IMPL wins)
 
 
 def policy_tasks(policy: Any, tasks: list[str]) -> list[str]:
@@ -111,8 +112,8 @@ def evaluate(policy_dir: str | Path, settings: EvalSettings, env_cfg: dict[str, 
     if not policy_dir.is_dir():
         raise EvaluationError(f"policy directory {policy_dir} does not exist (expected a `vpdd train finetune` "
                               "output such as models/policy)")
-    policy = VPDDPolicy.from_pretrained(policy_dir, device=settings.device, execute_steps=settings.execute_steps,
-                                        sampling_stride=settings.sampling_stride)
+    policy = VPDDPolicy.from_pretrained(policy_dir, device=settings.device, kernel_impl=settings.kernel_impl,
+                                        execute_steps=settings.execute_steps, sampling_stride=settings.sampling_stride)
     if not policy.is_policy:
         raise EvaluationError(f"{policy_dir} is a {policy.config['kind']!r} checkpoint: closed-loop evaluation "
                               "needs a fine-tuned policy (vpdd train finetune)")
@@ -151,6 +152,7 @@ def evaluate(policy_dir: str | Path, settings: EvalSettings, env_cfg: dict[str, 
         "max_steps": settings.max_steps, "n_envs": settings.n_envs, "execute_steps": settings.execute_steps,
         "sampling_stride": settings.sampling_stride,
         "reverse_steps": len(policy.scheduler.timesteps(settings.sampling_stride)),
+        "kernel_impl": policy.scheduler.kernel_impl_for(),  # what ran, not what was asked for
         "success_definition": "info['success'] at any step within max_steps",
         "env": {k: env_cfg[k] for k in ("camera", "resolution", "flip", "crop") if k in env_cfg},
     }

@@ -445,7 +445,8 @@ def run_video_eval(policy_dir: str | Path, cfg: Any, out: str | Path, settings: 
     exclude = training_seeds(cfg.data.robot, tasks, robot)
     # Load the model before any MuJoCo rendering: importing triton (pulled in by the GPT-2 action network)
     # after Mesa's EGL/llvmpipe has loaded its LLVM crashes the process (SIGSEGV in triton/knobs.py).
-    policy = VPDDPolicy.from_pretrained(policy_dir, device=device, sampling_stride=settings.sampling_stride)
+    policy = VPDDPolicy.from_pretrained(policy_dir, device=device, kernel_impl=cfg.kernel.impl,
+                                        sampling_stride=settings.sampling_stride)
 
     if heldout is not None:
         episodes = load_heldout(heldout, tasks, settings.episodes_per_task, exclude)
@@ -476,6 +477,7 @@ def run_video_eval(policy_dir: str | Path, cfg: Any, out: str | Path, settings: 
                    "windows": int(sum(c["windows"] for c in summary["counts"].values())),
                    "per_task": summary["counts"]},
         "settings": {**asdict(settings), "sampling_stride": stride, "future_offset": future_offset,
+                     "kernel_impl": policy.scheduler.kernel_impl_for(),
                      "encode_window": policy.window, "resolution": policy.resolution, "tasks": tasks,
                      "truncation_r": ck_config["scheduler"].get("truncation_r")},
         "heldout": {"source": source, "render": render, "collection": collection,

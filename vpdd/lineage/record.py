@@ -16,7 +16,8 @@ A record (``build_lineage``) is a small JSON-able dict::
                          unless its stage is upstream of this one in dvc.yaml (a stage never lists its
                          own previous output)
     params               {"file", "keys", "sha256"}: sha256 of the canonical JSON of the params used
-    kernel_impl          what vpdd_kernels.dispatch.resolve_impl picks ("triton" or "torch")
+    kernel_impl          what the stage's scheduler ran ("triton" or "torch"; MaskReplaceScheduler.kernel_impl_for), or
+                         null for a stage without diffusion
     versions             package versions (vpdd, torch, triton, numpy, dvc, prefect, ...)
     prefect_flow_run_id  VPDD_FLOW_RUN_ID (set by the flows in flows/) or PREFECT__FLOW_RUN_ID, or null
 
@@ -31,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,22 +92,6 @@ def _relative(path: Path, repo: Path) -> str:
         return str(path.resolve())
 
 
-def _kernel_impl(config_value: str, device_type: str | None) -> str | None:
-    try:
-        from vpdd_kernels.dispatch import resolve_impl
-    except ImportError:
-        return None
-    if device_type is None:
-        # Only ask CUDA when torch is already loaded: a lineage record must not pay a torch import.
-        torch = sys.modules.get("torch")
-        device_type = "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
-    try:
-        return resolve_impl(config_value, device_type)
-    except ValueError as err:
-        log.warning("kernel implementation: %s", err)
-        return None
-
-
 def _is_upstream(stages: dict[str, StageInfo], stage: str | None, producer: str, path: str, output: str) -> bool:
     """Whether ``path`` (written by stage ``producer``) feeds ``stage``: a stage upstream of it in dvc.yaml.
     Without stage information, anything but the output itself counts."""
@@ -141,14 +125,16 @@ def build_lineage(
     params_file: str = "params.yaml",
     params_keys: list[str] | None = None,
     data_dvc: str = DATA_DVC,
-    device_type: str | None = None,
+    kernel_impl: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The lineage record of ``out_dir`` (see the module docstring for the fields).
 
     ``repo`` defaults to the DVC repository around the current directory (``DVC_ROOT`` inside a stage);
     ``stage`` to ``DVC_STAGE``. The params hashed are ``params_keys`` if given, else the params the stage
-    lists in dvc.yaml, else the whole params file. ``extra`` is merged in last (e.g. a checkpoint hash).
+    lists in dvc.yaml, else the whole params file. ``kernel_impl`` is what the stage's scheduler actually ran
+    (``MaskReplaceScheduler.kernel_impl_for``; None for a stage without diffusion). ``extra`` is merged in last
+    (e.g. a checkpoint hash).
     """
     from vpdd.utils.machine import git_commit, package_versions
 
@@ -170,7 +156,6 @@ def build_lineage(
         if hit and not _is_upstream(stages, stage, hit["stage"], path, output):
             hit = None  # this output itself, or one the stage does not depend on (e.g. from an earlier run)
         artifacts[name] = {"path": path, "md5": hit["md5"], "stage": hit["stage"]} if hit else None
-    kernel_cfg = lookup(params, "kernel.impl") or "auto"
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "output": output,
@@ -181,7 +166,7 @@ def build_lineage(
         "robot_data": robot_data_source(root, params),
         "artifacts": artifacts,
         "params": {"file": params_file, **params_digest(params, keys)},
-        "kernel_impl": _kernel_impl(str(kernel_cfg), device_type),
+        "kernel_impl": kernel_impl,
         "versions": package_versions(VERSION_PACKAGES),
         "prefect_flow_run_id": flow_run_id(),
     }

@@ -121,9 +121,10 @@ def read_vpdd_config(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict[s
 
 def load_vpdd_checkpoint(
     path: str | Path, device: str | torch.device = "cpu", training_state: bool = False,
-    kinds: tuple[str, ...] = KINDS,
+    kinds: tuple[str, ...] = KINDS, kernel_impl: str = "auto",
 ) -> LoadedCheckpoint:
-    """Rebuild the network (EMA weights), scheduler, tokenizer, text table and discretizer of a checkpoint."""
+    """Rebuild the network (EMA weights), scheduler, tokenizer, text table and discretizer of a checkpoint.
+    ``kernel_impl`` is the ``kernel.impl`` setting the scheduler runs with (a runtime choice, not stored)."""
     from vpdd.tokenizer.pretrained import build_model, config_from_checkpoint
 
     path = Path(path)
@@ -133,7 +134,7 @@ def load_vpdd_checkpoint(
     spec = ModelSpec.from_dict(config["model"])
     model = VPDDModel(spec)
     model.load_state_dict(_split(ckpt.weights, "model."), strict=True)
-    scheduler = MaskReplaceScheduler.from_dict(config["scheduler"], device=device)
+    scheduler = MaskReplaceScheduler.from_dict(config["scheduler"], device=device, kernel_impl=kernel_impl)
     tok_cfg = config_from_checkpoint(config["tokenizer"]["config"], path)
     vq = build_model(tok_cfg)
     vq.load_inference_state_dict(_split(ckpt.weights, "tokenizer."))

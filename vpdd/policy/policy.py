@@ -105,9 +105,11 @@ class VPDDPolicy(nn.Module):
 
     # ------------------------------------------------------------------------------ loading/saving
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs) -> VPDDPolicy:
-        """Load a ``vpdd-policy`` checkpoint (or a ``vpdd-pretrain`` one: video prediction only)."""
-        return cls(load_vpdd_checkpoint(path, device=device), device=device, **kwargs)
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", kernel_impl: str = "auto",
+                        **kwargs) -> VPDDPolicy:
+        """Load a ``vpdd-policy`` checkpoint (or a ``vpdd-pretrain`` one: video prediction only). ``kernel_impl``: the
+        ``kernel.impl`` setting (auto|triton|torch; ``VPDD_KERNEL_IMPL`` wins)."""
+        return cls(load_vpdd_checkpoint(path, device=device, kernel_impl=kernel_impl), device=device, **kwargs)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the policy as a checkpoint directory (weights, config, lineage; no training state)."""

@@ -93,6 +93,7 @@ def evaluate_policy(policy_dir: str | Path, cfg, *, tasks: list[str] | None = No
     r = cfg.rlbench
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    policy = RLBenchPolicy.from_pretrained(policy_dir, device=device, sampling_stride=r.eval_sampling_stride)
+    policy = RLBenchPolicy.from_pretrained(policy_dir, device=device, kernel_impl=cfg.kernel.impl,
+                                           sampling_stride=r.eval_sampling_stride)
     return evaluate_keyframes(policy, lambda task: RLBenchEnv(task, policy.cameras, r.image_size),
                               list(tasks or r.tasks), episodes or r.eval_episodes, seed, r.max_eval_steps)

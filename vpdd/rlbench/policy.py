@@ -42,7 +42,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from vpdd.models.model import diffusion_loss, sample_tokens
 from vpdd.models.checkpoint import (
     KIND_POLICY,
     LINEAGE_FILE,
@@ -50,6 +49,7 @@ from vpdd.models.checkpoint import (
     load_vpdd_checkpoint,
     save_vpdd_checkpoint,
 )
+from vpdd.models.model import diffusion_loss, sample_tokens
 from vpdd.policy.policy import PolicyError
 from vpdd.rlbench import network as _network  # noqa: F401  (registers the "multiview" action network)
 from vpdd.rlbench.keyframes import DIMS, KIND, PoseActionCoder
@@ -99,9 +99,11 @@ class RLBenchPolicy(nn.Module):
 
     # ------------------------------------------------------------------------------ loading/saving
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> RLBenchPolicy:
-        """Load a ``vpdd-policy`` checkpoint written by ``vpdd rlbench finetune``."""
-        return cls(load_vpdd_checkpoint(path, device=device), device=device, **kwargs)
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", kernel_impl: str = "auto",
+                        **kwargs: Any) -> RLBenchPolicy:
+        """Load a ``vpdd-policy`` checkpoint written by ``vpdd rlbench finetune``. ``kernel_impl``: the
+        ``kernel.impl`` setting (auto|triton|torch; ``VPDD_KERNEL_IMPL`` wins)."""
+        return cls(load_vpdd_checkpoint(path, device=device, kernel_impl=kernel_impl), device=device, **kwargs)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the policy as a checkpoint directory (weights, config, lineage; no training state)."""

@@ -61,7 +61,7 @@ def build(cfg, stage: str, device: torch.device):
     model = VPDDModel(spec)
     model.video.set_codebook(torch.randn(tok.n_codes, tok.embedding_dim))
     model.freeze([p for p in ("video", "action") if p not in getattr(cfg, stage).train])
-    sched = MaskReplaceScheduler.from_config(cfg.diffusion, layout, device=device)
+    sched = MaskReplaceScheduler.from_config(cfg.diffusion, layout, device=device, kernel_impl=cfg.kernel.impl)
     return model.to(device), sched, layout, spec
 
 

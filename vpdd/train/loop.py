@@ -220,7 +220,7 @@ def train_stage(
         model.video.load_state_dict(pre.model.video.state_dict())
     model.freeze([p for p in PARTS if p not in scfg.train])
     model.to(dev)
-    scheduler = MaskReplaceScheduler.from_config(cfg.diffusion, layout, device=dev)
+    scheduler = MaskReplaceScheduler.from_config(cfg.diffusion, layout, device=dev, kernel_impl=cfg.kernel.impl)
     if scfg.aux_loss_weight is not None:  # the stage's own weight of the x0 term (training only)
         scheduler.aux_loss_weight = float(scfg.aux_loss_weight)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=scfg.lr, betas=(0.9, 0.999))
@@ -239,7 +239,8 @@ def train_stage(
     if info.is_main:
         log.info("%s: %s parameters, training %s; %s", stage, n_params, list(scfg.train), layout)
 
-    lineage = (_lineage(out, stage, params_file, tok_hash, manifest_sha, cache, pre, hooks.param_keys)
+    lineage = (_lineage(out, stage, params_file, tok_hash, manifest_sha, cache, pre, hooks.param_keys,
+                        scheduler.kernel_impl_for(dev))
                if info.is_main else None)
     base_config = {
         "kind": KIND_POLICY if stage == "finetune" else KIND_PRETRAIN,
@@ -281,7 +282,7 @@ def train_stage(
                 "elapsed_s": trainer.elapsed(),
             }
             meta = {"step": step, "steps": scfg.steps, "stage": stage, **trainer.versions(), "metrics": metrics,
-                    "parameters": n_params}
+                    "parameters": n_params, "kernel_impl": scheduler.kernel_impl_for(dev)}
             save_vpdd_checkpoint(out, config=base_config, model_state=ema.averaged_state_dict(model),
                                  tokenizer_state=vq.inference_state_dict(), text_vectors=table.vectors,
                                  training_state=state, meta=meta, lineage=lineage)
@@ -337,7 +338,7 @@ def train_stage(
 
 
 def _lineage(out: Path, stage: str, params_file: str | None, tok_hash: str, manifest_sha: str, cache,
-             pre, param_keys: list[str] | None = None) -> dict[str, Any] | None:
+             pre, param_keys: list[str] | None = None, kernel_impl: str | None = None) -> dict[str, Any] | None:
     """The vpdd.lineage record of ``out`` (None when the lineage module cannot build one here)."""
     try:
         from vpdd.lineage import build_lineage
@@ -346,7 +347,7 @@ def _lineage(out: Path, stage: str, params_file: str | None, tok_hash: str, mani
                  "token_cache_data_version": cache.data_version,
                  "pretrained_hash": pre.checkpoint.meta.get("checkpoint_hash") if pre is not None else None}
         return build_lineage(out, stage=stage, params_file=params_file or "params.yaml",
-                             params_keys=param_keys or PARAM_KEYS[stage], extra=extra)
+                             params_keys=param_keys or PARAM_KEYS[stage], kernel_impl=kernel_impl, extra=extra)
     except Exception as err:  # lineage is a record, not a reason to lose a training run
         log.warning("lineage record not built (%s)", err)
         return None
