@@ -180,10 +180,11 @@ def _interpolate(node: Any, scope: dict[str, Any]) -> Any:
 
 def _expand(name: str, spec: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """A ``matrix:`` stage as DVC expands it: ``name@v`` (one axis) or ``name@v1-v2`` per combination,
-    with ``${item.<axis>}`` and params.yaml variables filled in. Other stages come back as they are."""
+    with ``${item.<axis>}`` and params.yaml variables filled in. Other stages come back with params.yaml
+    variables filled in."""
     matrix = spec.get("matrix")
     if not isinstance(matrix, dict):
-        return [(name, spec)]
+        return [(name, _interpolate(spec, params))]
     axes = {k: _interpolate(v, params) for k, v in matrix.items()}
     combos: list[dict[str, Any]] = [{}]
     for axis, values in axes.items():
