@@ -46,6 +46,24 @@ from vpdd_kernels._common import (
 
 _MASK, _STAY, _PRED, _UNIF = 0, 1, 2, 3
 _SLACK = 1e-4  # widens the S bracket so float32 sums can never fall outside it
+# The rejection draw accepts a row with probability >= its kept mass; rows still rejected after this many
+# rounds (never seen with valid inputs) take the exact sorted draw instead, so no input makes a step spin.
+MAX_REJECTION_ROUNDS = 256
+
+
+def check_truncation_r(truncation_r: float | None) -> float | None:
+    """``truncation_r`` as the samplers use it: None (or a value >= 1, the documented "off") disables top-r
+    truncation; otherwise it must be a finite number in (0, 1). Anything else is a ValueError."""
+    if truncation_r is None:
+        return None
+    try:
+        r = float(truncation_r)
+    except (TypeError, ValueError):
+        raise ValueError(f"truncation_r={truncation_r!r}: expected a number in (0, 1], 1.0 = off") from None
+    if not r > 0 or r != r or r == float("inf"):
+        raise ValueError(f"truncation_r={truncation_r!r}: expected a number in (0, 1] (1.0 = off); "
+                         "r <= 0 keeps no class, so the truncated draw could never accept")
+    return None if r >= 1 else r
 
 
 def q_sample(
@@ -147,7 +165,7 @@ def _draw_truncated(z_rows, lse, j, masked, u, r, generator):
     p.scatter_(1, jj, torch.where(masked, p_j, 0.0).unsqueeze(1))
     sample = torch.empty_like(j)
     todo = None  # all rows in the first round
-    while True:
+    for _ in range(MAX_REJECTION_ROUNDS):
         rows = p if todo is None else p[todo]
         prop = _inverse_cdf(rows, u)
         if r is None:
@@ -163,6 +181,8 @@ def _draw_truncated(z_rows, lse, j, masked, u, r, generator):
         if todo.numel() == 0:
             break
         u = torch.rand(todo.numel(), dtype=torch.float64, generator=generator, device=p.device)
+    else:  # bounded: the rows left take the exact draw from their sorted kept set
+        sample[todo] = _exact_kept_set(z_rows[todo], lse[todo], j[todo], masked[todo], u, r)[0]
     return sample
 
 
@@ -181,7 +201,7 @@ def reverse_step(
     """
     b, n, k = z.shape
     rows_total = b * n
-    r = None if truncation_r is None or truncation_r >= 1 else float(truncation_r)
+    r = check_truncation_r(truncation_r)
     z2, xt = z.detach().reshape(rows_total, k), x_t.reshape(-1)
     if uniforms is None:
         uniforms = torch.rand((3, rows_total), dtype=torch.float64, generator=generator, device=z.device)

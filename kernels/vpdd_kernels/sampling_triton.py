@@ -41,6 +41,7 @@ from vpdd_kernels._jit_common import (
     _posterior_row,
     _row_softmax_stats,
 )
+from vpdd_kernels.sampling import check_truncation_r
 
 
 # --------------------------------------------------------------------------------------------- q_sample
@@ -229,7 +230,7 @@ def reverse_step(
     [0, 1), one per (token, class) as the reference's Gumbel-argmax uses them (tests)."""
     cm.check_logits(z, x_t)
     b, n, k = z.shape
-    r = None if truncation_r is None or truncation_r >= 1 else float(truncation_r)
+    r = check_truncation_r(truncation_r)
     coefs = cm.pack_coefficients(coef, b, z.device)
     if uniforms is not None:
         if uniforms.shape != (b * n, k + 1):

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vpdd.cli.common import add_params_arg, params
+from vpdd.cli.common import add_force_arg, add_params_arg, params
 
 log = logging.getLogger("vpdd.data")
 
@@ -29,11 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, help="base seed (default: data.robot.seed)")
     c.add_argument("--workers", type=int, help="processes (default: data.workers)")
     c.add_argument("--keep-failures", action="store_true", help="keep failed demonstrations instead of dropping them")
+    add_force_arg(c)
     c.set_defaults(func=_collect)
 
     m = sp.add_parser("render-corpus", help="render the default actionless corpus (mp4 videos, no actions)")
     add_params_arg(m)
     m.add_argument("--out", required=True)
+    add_force_arg(m)
     m.set_defaults(func=_render_corpus)
 
     i = sp.add_parser("ingest-videos", help="decode a folder of videos into clips")
@@ -43,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--report", help="also write the ingest report (counts) to this JSON file")
     i.add_argument("--resolution", type=int, help="default: env.resolution")
     i.add_argument("--strict", action="store_true", help="a bad video is an error instead of a skipped file")
+    add_force_arg(i)
     i.set_defaults(func=_ingest)
 
     n = sp.add_parser("inspect", help="validate robot episodes and summarise them as JSON")
@@ -59,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     li.add_argument("--repo-id", help="dataset identity for lineage (default: data.robot.lerobot.repo_id)")
     li.add_argument("--revision", help="dataset revision for lineage (default: data.robot.lerobot.revision)")
     li.add_argument("--report", help="also write the import summary to this JSON file")
+    add_force_arg(li)
     li.set_defaults(func=_import_lerobot)
 
     le = sp.add_parser("export-lerobot", help="write vpdd robot episodes as a LeRobot v3.0 dataset")
@@ -70,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     le.add_argument("--fps", type=int, default=80, help="frames per second (default: %(default)s, Meta-World's rate)")
     le.add_argument("--crf", type=int, default=30, help="video quality, lower is better (default: %(default)s)")
     le.add_argument("--verify", action="store_true", help="read the dataset back and report the codec's PSNR")
+    add_force_arg(le)
     le.set_defaults(func=_export_lerobot)
 
     f = sp.add_parser("fetch", help="make data/ match data.dvc: dvc pull, else regenerate and verify")
@@ -94,7 +99,7 @@ def _collect(args: argparse.Namespace) -> int:
     if args.keep_failures:
         overrides["keep_failures"] = True
     report = collect_metaworld(collect_spec(cfg, **overrides), args.out, workers=args.workers or cfg.data.workers,
-                               progress=sys.stderr.isatty())
+                               progress=sys.stderr.isatty(), force=args.force)
     print(json.dumps({k: report[k] for k in ("episodes", "frames", "attempts", "dropped_failures")}))
     return 0
 
@@ -107,7 +112,7 @@ def _render_corpus(args: argparse.Namespace) -> int:
     report = render_actionless_corpus(
         list(c.tasks), c.videos_per_task, args.out, camera=c.camera, resolution=c.render_resolution, fps=c.fps,
         captioned_fraction=c.captioned_fraction, seed=c.seed, max_steps=cfg.data.robot.max_steps,
-        render_backend=cfg.env.render_backend, progress=sys.stderr.isatty(),
+        render_backend=cfg.env.render_backend, progress=sys.stderr.isatty(), force=args.force,
     )
     print(json.dumps(report))
     return 0
@@ -123,6 +128,7 @@ def _ingest(args: argparse.Namespace) -> int:
         args.src, args.out, resolution=args.resolution or cfg.env.resolution, clip_length=ing.clip_length,
         clip_stride=ing.clip_stride, frame_step=ing.frame_step, min_frames=ing.min_frames,
         default_caption=ing.default_caption, strict=args.strict, progress=sys.stderr.isatty(),
+        force=args.force,
     )
     if args.report:
         atomic_write_json(args.report, report)
@@ -164,7 +170,7 @@ def _import_lerobot(args: argparse.Namespace) -> int:
     report = import_lerobot(src, args.out, camera=args.camera or lr.camera or None,
                             resolution=args.resolution or cfg.env.resolution, action_dim=cfg.model.actions.dim,
                             repo_id=args.repo_id or lr.repo_id or None, revision=args.revision or lr.revision or None,
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), force=args.force)
     if args.report:
         atomic_write_json(args.report, report)
     print(json.dumps(report))
@@ -175,7 +181,7 @@ def _export_lerobot(args: argparse.Namespace) -> int:
     from vpdd.data.lerobot_export import export_lerobot
 
     report = export_lerobot(args.robot, args.out, camera_key=args.camera_key, fps=args.fps, tasks=args.tasks,
-                            crf=args.crf, verify=args.verify)
+                            crf=args.crf, verify=args.verify, force=args.force)
     print(json.dumps(report))
     return 0
 

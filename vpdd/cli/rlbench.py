@@ -25,7 +25,7 @@ import json
 import os
 import sys
 
-from vpdd.cli.common import add_params_arg, add_resume_args, params, resume_mode
+from vpdd.cli.common import add_force_arg, add_params_arg, add_resume_args, check_checkpoint_out, params, resume_mode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = sp.add_parser("generate", help="write a small synthetic dataset in PerAct's format (deterministic)")
     add_params_arg(g)
     g.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    add_force_arg(g)
     g.set_defaults(func=_generate)
 
     i = sp.add_parser("inspect", help="validate PerAct episodes and summarise them as JSON")
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("root", help="PerAct data folder")
     add_params_arg(e)
     e.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    add_force_arg(e)
     e.set_defaults(func=_export)
 
     t = sp.add_parser("tokenize", help="encode every camera of every episode with a tokenizer (multi-view cache)")
@@ -57,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="token cache directory to write")
     t.add_argument("--batch-size", type=int, help="windows per forward pass (default: tokenizer.encode_batch_size)")
     t.add_argument("--device", default="auto")
+    add_force_arg(t)
     t.set_defaults(func=_tokenize)
 
     for name, text in (("pretrain", "multi-view video prediction (all cameras in one sequence, no actions)"),
@@ -116,7 +119,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     cfg = params(args)
     summary = generate_dataset(args.out, cfg.rlbench.generate, cfg.rlbench.image_size, cameras=generated_cameras(cfg),
-                               progress=sys.stderr.isatty())
+                               progress=sys.stderr.isatty(), force=args.force)
     n = sum(t["episodes"] for t in summary["tasks"].values())
     print(f"{args.out}: {n} episodes of {sorted(summary['tasks'])}, cameras {summary['cameras']}, "
           f"{summary['image_size']}x{summary['image_size']}")
@@ -137,7 +140,8 @@ def _export(args: argparse.Namespace) -> int:
     from vpdd.rlbench.tokens import export_views
 
     cfg = params(args)
-    out = export_views(args.root, args.out, resolution=cfg.tokenizer.resolution, cameras=cfg.rlbench.cameras)
+    out = export_views(args.root, args.out, resolution=cfg.tokenizer.resolution, cameras=cfg.rlbench.cameras,
+                       force=args.force)
     print(f"{args.out}: {out['videos']} videos ({out['episodes']} episodes x {len(out['cameras'])} cameras) at "
           f"{out['resolution']}x{out['resolution']}")
     return 0
@@ -152,7 +156,7 @@ def _tokenize(args: argparse.Namespace) -> int:
     cfg = params(args)
     check_against_params(args.tokenizer, peek_config(args.tokenizer), cfg.tokenizer)
     manifest = encode_rlbench(args.tokenizer, args.data, args.out, cameras=cfg.rlbench.cameras,
-                              batch_size=args.batch_size, device=args.device)
+                              batch_size=args.batch_size, device=args.device, force=args.force)
     src = manifest["sources"]["robot"]
     print(f"token cache {args.out}: {src['items']} videos ({len(cfg.rlbench.cameras)} cameras) / {src['rows']} grids; "
           f"grid {manifest['grid_shape']}")
@@ -167,6 +171,8 @@ def _train(args: argparse.Namespace) -> int:
     from vpdd.runtime.guard import TrainingDiverged, TrainingInterrupted
 
     cfg = params(args)
+    check_checkpoint_out(args, args.tokens, args.tokenizer, getattr(args, "data", None),
+                         getattr(args, "pretrained", None), args.params)
     resume = resume_mode(args)
     try:
         result = train_rlbench_stage(

@@ -20,7 +20,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vpdd.cli.common import add_params_arg, add_resume_args
+    from vpdd.cli.common import add_force_arg, add_params_arg, add_resume_args
 
     p = sub.add_parser("tokenizer", help="video tokenizer (VQ-VAE): train, encode, reconstruct")
     sp = p.add_subparsers(dest="tokenizer_cmd", required=True)
@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, help="windows per forward pass (default: tokenizer.encode_batch_size)")
     e.add_argument("--device", default="auto")
     e.add_argument("--data-dvc", default="data.dvc")
+    add_force_arg(e)
     e.set_defaults(func=_encode)
 
     r = sp.add_parser("reconstruct", help="write side-by-side original|reconstruction videos")
@@ -71,11 +72,12 @@ def _passive_omp() -> None:
 
 def _train(args: argparse.Namespace) -> int:
     _passive_omp()
-    from vpdd.cli.common import params, resume_mode
+    from vpdd.cli.common import check_checkpoint_out, params, resume_mode
     from vpdd.runtime.guard import TrainingDiverged, TrainingInterrupted
     from vpdd.tokenizer.train import train_tokenizer
 
     cfg = params(args)
+    check_checkpoint_out(args, args.robot, args.corpus, args.params)
     try:
         result = train_tokenizer(
             cfg.tokenizer,
@@ -117,6 +119,7 @@ def _encode(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         data_dvc=args.data_dvc,
+        force=args.force,
     )
     parts = ", ".join(f"{k}: {v['items']} videos / {v['rows']} grids" for k, v in manifest["sources"].items())
     print(f"token cache {args.out}: {parts}; grid {manifest['grid_shape']}")

@@ -44,11 +44,13 @@ def _train(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep (shared CPUs)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from vpdd.cli.common import params, resume_mode
+    from vpdd.cli.common import check_checkpoint_out, params, resume_mode
     from vpdd.runtime.guard import TrainingDiverged, TrainingInterrupted
     from vpdd.train.loop import train_stage
 
     cfg = params(args)
+    check_checkpoint_out(args, args.tokens, args.tokenizer, getattr(args, "robot", None),
+                         getattr(args, "pretrained", None), args.params)
     resume = resume_mode(args)
     try:
         result = train_stage(

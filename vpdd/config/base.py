@@ -9,6 +9,7 @@ so errors can name it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -55,6 +56,10 @@ def validate_tree(obj: Any, prefix: str = "") -> list[str]:
     if dataclasses.is_dataclass(obj):
         for field in dataclasses.fields(obj):
             child = getattr(obj, field.name)
+            # every number must be finite: inf / nan pass the range checks written as comparisons
+            values = child if isinstance(child, list | tuple) else [child]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                problems.append(f"{prefix}{field.name}={child!r}: expected a finite number")
             if dataclasses.is_dataclass(child):
                 problems.extend(validate_tree(child, f"{prefix}{field.name}."))
     return problems
@@ -63,6 +68,13 @@ def validate_tree(obj: Any, prefix: str = "") -> list[str]:
 def positive(obj: Any, *keys: str) -> list[Check]:
     """Checks that each named numeric field is > 0."""
     return [Check(k, _lookup(obj, k) > 0, "a value > 0") for k in keys]
+
+
+def distinct(obj: Any, key: str) -> Check:
+    """Checks that the list ``key`` names each entry once."""
+    values = list(_lookup(obj, key))
+    dups = sorted({v for v in values if values.count(v) > 1})
+    return Check(key, not dups, f"each name once; repeated: {dups}")
 
 
 def one_of(obj: Any, key: str, choices: Iterable[Any]) -> Check:

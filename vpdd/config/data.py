@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vpdd.config.base import Check, Validated, in_range, one_of, positive
+from vpdd.config.base import Check, Validated, distinct, in_range, one_of, positive
 from vpdd.envs.tasks import CAMERAS, unknown_tasks
 
 ROBOT_SOURCES = ("metaworld", "lerobot")
@@ -67,6 +67,7 @@ class RobotDataConfig(Validated):
                   "the LeRobot dataset folder to import (required when data.robot.source=lerobot)"),
             Check("tasks", len(self.tasks) > 0 and not unknown_tasks(self.tasks),
                   f"a non-empty list of Meta-World v3 task names; unknown: {unknown_tasks(self.tasks)}"),
+            distinct(self, "tasks"),
             *positive(self, "demos_per_task", "max_steps", "max_attempts_per_demo"),
             Check("steps_after_success", self.steps_after_success >= -1, "-1 or a value >= 0"),
         ]
@@ -91,6 +92,9 @@ class CorpusConfig(Validated):
         return [
             Check("tasks", not unknown_tasks(self.tasks),
                   f"Meta-World v3 task names; unknown: {unknown_tasks(self.tasks)}"),
+            Check("tasks", self.videos_per_task == 0 or len(self.tasks) > 0,
+                  "a non-empty list when videos_per_task > 0 (there is nothing to render otherwise)"),
+            distinct(self, "tasks"),
             Check("camera", self.camera in CAMERAS, f"one of {list(CAMERAS)}"),
             *positive(self, "render_resolution", "fps"),
             Check("videos_per_task", self.videos_per_task >= 0, "a value >= 0"),

@@ -24,7 +24,7 @@ class DiffusionConfig(Validated):
     aux_loss_weight: float = 5.0e-4  # lambda
     adaptive_aux_loss: bool = True  # w(t) = (1 - t/T) + 1
     time_sampling: str = "importance"  # importance | uniform
-    # top-r nucleus truncation at sampling time (0.86-0.88 in the code); 1.0 disables it
+    # top-r nucleus truncation at sampling time (0.86-0.88 in the code), in (0, 1]; 1.0 disables it ("off")
     truncation_r: float = 0.88
     sampling_stride: int = 1  # reverse steps skip this many timesteps (1 = every step, as in the paper)
     # fast | reference: which PyTorch implementation the scheduler uses off-GPU (vpdd.diffusion; the
@@ -52,7 +52,8 @@ class DiffusionConfig(Validated):
             ),
             Check("aux_loss_weight", self.aux_loss_weight >= 0, "a value >= 0"),
             one_of(self, "time_sampling", ("importance", "uniform")),
-            in_range(self, "truncation_r", 0.0, 1.0),
+            Check("truncation_r", 0.0 < self.truncation_r <= 1.0,
+                  "a value in (0, 1] (1.0 = off): r <= 0 keeps no class, so sampling could never draw"),
             Check("sampling_stride", self.sampling_stride <= self.num_timesteps, "at most num_timesteps"),
             one_of(self, "impl", ("fast", "reference")),
         ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vpdd.config.base import Check, Validated, positive
+from vpdd.config.base import Check, Validated, distinct, positive
 from vpdd.envs.tasks import unknown_tasks
 
 
@@ -23,6 +23,7 @@ class EvalConfig(Validated):
         return [
             Check("tasks", not unknown_tasks(self.tasks),
                   f"Meta-World v3 task names; unknown: {unknown_tasks(self.tasks)}"),
+            distinct(self, "tasks"),
             *positive(self, "episodes_per_task", "max_steps", "n_envs", "execute_steps", "sampling_stride"),
             Check("seeds", len(self.seeds) > 0, "at least one seed"),
             Check("videos_per_task", self.videos_per_task >= 0, "a value >= 0"),

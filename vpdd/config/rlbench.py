@@ -15,12 +15,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from vpdd.config.base import Check, Validated, positive
+from vpdd.config.base import Check, Validated, distinct, positive
 from vpdd.config.train import FinetuneConfig, PretrainConfig
 
 RLBENCH_CAMERAS = ("front", "left_shoulder", "right_shoulder", "wrist", "overhead")
 # the synthetic task templates of vpdd.rlbench.synthetic (rendered block scenes, scripted waypoints)
 SYNTHETIC_TASKS = ("pick_up_block", "slide_block_to_target", "push_button")
+# The RLBench tasks vpdd knows: PerAct's 18 (the paper's fine-tuning set) and the synthetic templates. Another
+# RLBench task is refused at load (a typo would otherwise only fail when the data folder is read); add
+# its folder name here to use it.
+PERACT_TASKS = (
+    "open_drawer", "slide_block_to_color_target", "sweep_to_dustpan_of_size", "meat_off_grill", "turn_tap",
+    "put_item_in_drawer", "close_jar", "reach_and_drag", "stack_blocks", "light_bulb_in", "put_money_in_safe",
+    "place_wine_at_rack_location", "put_groceries_in_cupboard", "place_shape_in_shape_sorter", "push_buttons",
+    "insert_onto_square_peg", "stack_cups", "place_cups",
+)
+RLBENCH_TASKS = PERACT_TASKS + SYNTHETIC_TASKS
 _TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -88,6 +98,10 @@ class RLBenchConfig(Validated):
                   f"distinct camera names from {list(RLBENCH_CAMERAS)}; unknown: {unknown}"),
             Check("tasks", len(self.tasks) > 0 and not _bad_names(self.tasks),
                   f"a non-empty list of RLBench task folder names (snake_case); bad: {_bad_names(self.tasks)}"),
+            Check("tasks", not [t for t in self.tasks if t not in RLBENCH_TASKS],
+                  f"RLBench task names from vpdd.config.rlbench.RLBENCH_TASKS; unknown: "
+                  f"{[t for t in self.tasks if t not in RLBENCH_TASKS]}"),
+            distinct(self, "tasks"),
             *positive(self, "image_size", "chunk", "stopping_delta", "foresight_pool", "eval_episodes",
                       "max_eval_steps", "eval_sampling_stride"),
             Check("translation_bins", self.translation_bins >= 2, "a value >= 2"),

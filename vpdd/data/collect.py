@@ -120,13 +120,14 @@ def _worker(args: tuple[CollectSpec, str, str, Any]) -> dict[str, Any]:
     return _collect_task(spec, task, Path(out), progress)
 
 
-def collect_metaworld(spec: CollectSpec, out: str | Path, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+def collect_metaworld(spec: CollectSpec, out: str | Path, workers: int = 1, progress: bool = True,
+                      force: bool = False) -> dict[str, Any]:
     """Collect ``spec.demos_per_task`` demonstrations of each task into ``out`` (written atomically)."""
     from tqdm import tqdm
 
     out = Path(out)
     start = time.perf_counter()
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, marker="index.json", force=force) as tmp:
         bar = tqdm(total=spec.demos_per_task * len(spec.tasks), desc="collect", unit="demo", disable=not progress)
         frames = 0
         if workers <= 1:
@@ -177,7 +178,7 @@ def collect_metaworld(spec: CollectSpec, out: str | Path, workers: int = 1, prog
 def render_actionless_corpus(
     tasks: list[str], videos_per_task: int, out: str | Path, camera: str = "corner3", resolution: int = 96,
     fps: int = 20, captioned_fraction: float = 0.5, seed: int = 1000, max_steps: int = 150,
-    render_backend: str = "egl", progress: bool = True,
+    render_backend: str = "egl", progress: bool = True, force: bool = False,
 ) -> dict[str, Any]:
     """Render scripted episodes of ``tasks`` as mp4 videos (no actions), with caption sidecars for some."""
     from tqdm import tqdm
@@ -190,7 +191,7 @@ def render_actionless_corpus(
         raise ValueError(f"unknown Meta-World tasks {bad}")
     n_captioned = round(captioned_fraction * videos_per_task)
     written = []
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, marker="*.mp4", force=force) as tmp:
         for task in tqdm(tasks, desc="corpus", unit="task", disable=not progress):
             with MetaWorldEnv(task, camera, resolution, True, True, render_backend, max_steps + 1) as env:
                 policy = scripted_policy(task)

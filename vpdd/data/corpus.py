@@ -16,6 +16,7 @@ them an error). The output folder, written atomically, holds:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -27,7 +28,7 @@ import numpy as np
 
 from vpdd.data.episodes import DataFormatError
 from vpdd.data.npz import save_npz
-from vpdd.data.video import VIDEO_SUFFIXES, VideoError, read_video, resize_center_crop
+from vpdd.data.video import VIDEO_SUFFIXES, VideoError, decode_video
 from vpdd.utils.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -46,23 +47,50 @@ class VideoRecord:
         return self.frames[start : start + clip_length]
 
 
-def find_videos(src: str | Path) -> list[Path]:
+def find_videos(src: str | Path, dangling: list[Path] | None = None) -> list[Path]:
+    """The video files under ``src``, sorted; symbolic links that point nowhere go to ``dangling``."""
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such video folder")
     if not src.is_dir():
         raise NotADirectoryError(f"{src}: expected a folder of video files, got a file")
     try:
-        return sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        found = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    except PermissionError as err:
+        raise PermissionError(f"{src}: folder cannot be read ({err})") from None
+    if dangling is not None:
+        dangling.extend(p for p in found if p.is_symlink() and not p.exists())
+    try:
+        return [p for p in found if p.is_file()]
     except PermissionError as err:
         raise PermissionError(f"{src}: folder cannot be read ({err})") from None
 
 
+MAX_CAPTION_BYTES = 4096
+
+
+class CaptionError(DataFormatError):
+    """A caption sidecar that is not a short UTF-8 text."""
+
+
 def read_caption(video: Path, default: str) -> tuple[str, bool]:
-    """The sidecar caption of ``video`` (same name, .txt) or ``default``; and whether a sidecar was used."""
+    """The sidecar caption of ``video`` (same name, .txt) or ``default``; and whether a sidecar was used.
+
+    A sidecar that is not text (not UTF-8, control bytes such as NUL, over :data:`MAX_CAPTION_BYTES`) is a
+    :class:`CaptionError` naming the file."""
     sidecar = video.with_suffix(".txt")
     if sidecar.is_file():
-        text = " ".join(sidecar.read_text(encoding="utf-8", errors="replace").split())
+        data = sidecar.read_bytes()[: MAX_CAPTION_BYTES + 1]
+        if len(data) > MAX_CAPTION_BYTES:
+            raise CaptionError(f"{sidecar}: caption longer than {MAX_CAPTION_BYTES} bytes")
+        try:
+            raw = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise CaptionError(f"{sidecar}: caption is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        bad = sorted({hex(ord(c)) for c in raw if ord(c) < 32 and c not in "\t\n\r"})
+        if bad:
+            raise CaptionError(f"{sidecar}: caption holds control bytes {bad[:4]}; expected plain text")
+        text = " ".join(raw.split())
         if text:
             return text, True
     return default, False
@@ -71,6 +99,26 @@ def read_caption(video: Path, default: str) -> tuple[str, bool]:
 def _video_id(src: Path, video: Path) -> str:
     rel = video.relative_to(src).with_suffix("")
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(rel))
+
+
+def video_ids(src: Path, videos: list[Path]) -> dict[Path, str]:
+    """A unique, stable id per video: the sanitised relative path without suffix, and where two videos
+    would share one (``a b.mp4`` / ``a_b.mp4``, ``same.mp4`` / ``same.mkv``, or ids differing only in case)
+    each of them gets the id plus its suffix and a hash of its relative path, whatever else is present."""
+    base = {v: _video_id(src, v) for v in videos}
+    groups: dict[str, list[Path]] = {}
+    for v, vid in base.items():
+        groups.setdefault(vid.lower(), []).append(v)
+    ids = {}
+    for v, vid in base.items():
+        if len(groups[vid.lower()]) == 1:
+            ids[v] = vid
+        else:
+            rel = str(v.relative_to(src))
+            ids[v] = f"{vid}{v.suffix.lower().replace('.', '_')}-{hashlib.sha256(rel.encode()).hexdigest()[:8]}"
+    if len({i.lower() for i in ids.values()}) != len(ids):  # a hash collision: never overwrite
+        raise DataFormatError(f"{src}: video ids collide even after disambiguation: {sorted(ids.values())}")
+    return ids
 
 
 def clip_starts(n_frames: int, clip_length: int, clip_stride: int) -> np.ndarray:
@@ -88,33 +136,43 @@ def ingest_videos(
     default_caption: str = "There are observations about human hands interacting with objects",
     strict: bool = False,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Ingest every video under ``src`` into clips under ``out``; returns the report."""
     from tqdm import tqdm
 
     src = Path(src)
-    videos = find_videos(src)
+    dangling: list[Path] = []
+    videos = find_videos(src, dangling)
     if not videos:
         raise DataFormatError(f"{src}: no video files ({', '.join(VIDEO_SUFFIXES)}) found")
     need = max(min_frames, clip_length)
     entries, skipped, n_clips = [], {}, 0
-    with atomic_directory(out) as tmp:
+    for link in dangling:
+        if strict:
+            raise VideoError(f"{link}: dangling symbolic link (points to {link.readlink()})")
+        log.warning("skipping %s: dangling symbolic link", link)
+        skipped[str(link.relative_to(src))] = f"{link}: dangling symbolic link (points to {link.readlink()})"
+    ids = video_ids(src, videos)
+    renamed = {str(v.relative_to(src)): i for v, i in ids.items() if i != _video_id(src, v)}
+    if renamed:
+        log.warning("ingest: %d videos would share an id; they get unique ids %s", len(renamed), renamed)
+    with atomic_directory(out, inputs=[src], marker="index.json", force=force) as tmp:
         for video in tqdm(videos, desc="ingest", unit="video", disable=not progress, leave=False):
             rel = str(video.relative_to(src))
             try:
-                frames = read_video(video)[::frame_step]
+                caption, captioned = read_caption(video, default_caption)
+                frames, _ = decode_video(video, frame_step=frame_step, resolution=resolution, check_truncation=True)
                 if len(frames) < need:
                     raise VideoError(f"{video}: {len(frames)} frames after frame_step={frame_step}, expected >= {need}")
-            except VideoError as err:
+            except (VideoError, CaptionError) as err:
                 if strict:
                     raise
                 log.warning("skipping %s", err)
                 skipped[rel] = str(err)
                 continue
-            frames = resize_center_crop(frames, resolution)
             starts = clip_starts(len(frames), clip_length, clip_stride)
-            caption, captioned = read_caption(video, default_caption)
-            vid = _video_id(src, video)
+            vid = ids[video]
             meta = {"id": vid, "source": rel, "caption": caption, "captioned": captioned,
                     "n_frames": int(len(frames)), "n_clips": int(len(starts))}
             save_npz(tmp / f"{vid}.npz", {"frames": frames, "clip_starts": starts},
@@ -125,9 +183,13 @@ def ingest_videos(
             raise DataFormatError(f"{src}: none of the {len(videos)} video files could be ingested: {skipped}")
         index = {"format": FORMAT, "resolution": resolution, "clip_length": clip_length,
                  "clip_stride": clip_stride, "frame_step": frame_step, "videos": entries}
-        report = {"videos_found": len(videos), "videos_ingested": len(entries), "videos_skipped": len(skipped),
-                  "skipped": skipped, "clips": n_clips,
+        report = {"videos_found": len(videos) + len(dangling), "videos_ingested": len(entries),
+                  "videos_skipped": len(skipped), "skipped": skipped, "clips": n_clips,
                   "captioned": sum(e["captioned"] for e in entries)}
+        if dangling:  # keys only when they apply, so a clean ingest's report is unchanged
+            report["dangling_links"] = len(dangling)
+        if renamed:
+            report["renamed_ids"] = renamed
         atomic_write_json(tmp / "index.json", index)
         atomic_write_json(tmp / "report.json", report)
     if skipped:

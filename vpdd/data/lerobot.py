@@ -439,7 +439,7 @@ def metaworld_task(text: str) -> str | None:
 
 def import_lerobot(path: str | Path, out: str | Path, *, camera: str | None = None, resolution: int | None = None,
                    action_dim: int | None = None, repo_id: str | None = None, revision: str | None = None,
-                   progress: bool = False) -> dict[str, Any]:
+                   progress: bool = False, force: bool = False) -> dict[str, Any]:
     """Import a LeRobot dataset into a vpdd episode store at ``out`` (replaced atomically); the summary.
 
     ``action_dim`` is the action width the policy's action bins take (``model.actions.dim``): another width
@@ -454,7 +454,7 @@ def import_lerobot(path: str | Path, out: str | Path, *, camera: str | None = No
                                  f"(model.actions.dim) take {action_dim}-d actions")
     digest, n_files = content_hash(ds.root)
     entries = []
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, inputs=[path, ds.root], marker=SOURCE_FILE, force=force) as tmp:
         for rec, ep in tqdm(ds.iter_episodes(key, resolution), total=len(ds.episodes), desc="import",
                             unit="episode", disable=not progress):
             text = ep.meta["lerobot_task"]

@@ -153,7 +153,7 @@ class _VideoWriter:
 def export_lerobot(robot: str | Path, out: str | Path, *, camera_key: str = DEFAULT_CAMERA_KEY,
                    fps: int = METAWORLD_FPS, tasks: list[str] | None = None, robot_type: str = "sawyer",
                    chunks_size: int = 1000, data_files_size_in_mb: float = 100, video_files_size_in_mb: float = 500,
-                   crf: int = 30, verify: bool = False) -> dict[str, Any]:
+                   crf: int = 30, verify: bool = False, force: bool = False) -> dict[str, Any]:
     """Write the episodes of the vpdd store ``robot`` (all, or those of ``tasks``) as a v3.0 dataset at ``out``.
 
     ``verify`` reads the written dataset back with :class:`~vpdd.data.lerobot.LeRobotDataset` and reports the
@@ -174,7 +174,7 @@ def export_lerobot(robot: str | Path, out: str | Path, *, camera_key: str = DEFA
     episodes: list[dict[str, Any]] = []
     ep_stats: list[dict[str, dict[str, list]]] = []
     total = 0
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, inputs=[robot], marker="meta/info.json", force=force) as tmp:
         video = _VideoWriter(tmp, camera_key, fps, h, video_files_size_in_mb, chunks_size, crf)
         data_chunk = data_file = 0
         rows: list[pa.Table] = []

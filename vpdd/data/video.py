@@ -1,8 +1,10 @@
 """Video file IO (PyAV) and frame preprocessing.
 
 Decoding errors become :class:`VideoError` naming the file and what was wrong (unreadable container,
-no video stream, zero frames, frames of changing size). Writing is deterministic for the same frames
-(single-threaded libx264 with fixed settings) and atomic (temporary name, then rename).
+no video stream, zero frames, frames of changing size, truncated, over the frame budget). Decoding streams:
+frames are downscaled a few at a time, so a huge video never holds all its full-size frames. Writing is
+deterministic for the same frames (single-threaded libx264 with fixed settings) and atomic (temporary
+name, then rename).
 
 The RGB <-> YUV 4:2:0 conversion is done here in numpy (BT.601, limited range) rather than by FFmpeg's
 swscale, and every byte handed to the encoder (line padding included) is defined: otherwise the encoded
@@ -24,44 +26,115 @@ class VideoError(ValueError):
     """A video file that cannot be used; the message names the file and the problem."""
 
 
+# Budgets of the streaming decode (:func:`decode_video`): frames kept per video after ``frame_step``, and
+# the pixels of full-size frames held at once before they are downscaled.
+MAX_FRAMES = 20_000
+_BUFFER_PIXELS = 32 * 1024 * 1024
+# A video that decodes cleanly but yields fewer frames than its container declares is truncated when it
+# misses more than this many frames (or this fraction of them): containers round their durations.
+TRUNCATION_TOLERANCE = (2, 0.05)
+
+
+def declared_frames(stream) -> int | None:
+    """The frame count the container declares for ``stream`` (header count, else duration x rate)."""
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif stream.container.duration is not None:
+        duration = stream.container.duration / 1_000_000  # av.time_base
+    if rate and duration and duration > 0:
+        return int(round(duration * float(rate)))
+    return None
+
+
 def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
     """Decode all frames of a video as (T, H, W, 3) uint8 RGB."""
+    return decode_video(path, max_frames=max_frames, budget=None)[0]
+
+
+def decode_video(
+    path: str | Path,
+    *,
+    frame_step: int = 1,
+    resolution: int | None = None,
+    max_frames: int | None = None,
+    budget: int | None = MAX_FRAMES,
+    check_truncation: bool = False,
+) -> tuple[np.ndarray, int | None]:
+    """Stream-decode a video: every ``frame_step``-th frame, resized and centre-cropped to ``resolution``
+    (:func:`resize_center_crop`) a few frames at a time so full-size frames are never all held at once.
+
+    Returns the frames (T, H, W, 3) uint8 and the container's declared frame count (None if unknown).
+    More than ``budget`` kept frames, or (with ``check_truncation``) a clean decode that ends well short of
+    the declared count (:data:`TRUNCATION_TOLERANCE`), is a :class:`VideoError`.
+    """
     import av
 
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"{path}: no such video file")
-    frames: list[np.ndarray] = []
+    if frame_step < 1:
+        raise VideoError(f"{path}: frame_step must be >= 1, got {frame_step}")
+    out: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    first_shape = None
+    decoded = kept = 0
+    declared = None
+
+    def flush() -> None:
+        if pending:
+            batch = np.stack(pending)
+            pending.clear()
+            out.append(resize_center_crop(batch, resolution) if resolution else batch)
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoError(f"{path}: the file has no video stream")
             stream = container.streams.video[0]
+            declared = declared_frames(stream)
             for frame in container.decode(stream):
+                index, decoded = decoded, decoded + 1
+                shape = (frame.height, frame.width)
+                if first_shape is None:
+                    first_shape = shape
+                elif shape != first_shape:
+                    raise VideoError(
+                        f"{path}: frame {index} has size {shape[1]}x{shape[0]}, "
+                        f"expected {first_shape[1]}x{first_shape[0]} like the first frame"
+                    )
+                if index % frame_step:
+                    continue
+                if budget is not None and kept >= budget:
+                    raise VideoError(f"{path}: more than {budget} frames after frame_step={frame_step} "
+                                     "(the decode budget); cut the video or raise frame_step")
                 if frame.format.name == "yuv420p":
                     arr = yuv_planes_to_rgb(*(_plane_array(p) for p in frame.planes))
                 else:
                     arr = frame.to_ndarray(format="rgb24")
-                if frames and arr.shape != frames[0].shape:
-                    raise VideoError(
-                        f"{path}: frame {len(frames)} has size {arr.shape[1]}x{arr.shape[0]}, "
-                        f"expected {frames[0].shape[1]}x{frames[0].shape[0]} like the first frame"
-                    )
-                frames.append(arr)
-                if max_frames is not None and len(frames) >= max_frames:
+                pending.append(arr)
+                kept += 1
+                if len(pending) * arr.shape[0] * arr.shape[1] >= _BUFFER_PIXELS:
+                    flush()
+                if max_frames is not None and kept >= max_frames:
                     break
     except VideoError:
         raise
     except Exception as err:  # av.error.InvalidDataError, EOFError, ...; PyAV's hierarchy varies by version
-        if frames:
-            # A truncated file still decodes its first frames; keep them only if the tail error is benign.
-            raise VideoError(
-                f"{path}: decoding failed after {len(frames)} frames ({type(err).__name__}: {err})"
-            ) from None
+        if decoded:
+            raise VideoError(f"{path}: decoding failed after {decoded} frames ({type(err).__name__}: {err})") from None
         raise VideoError(f"{path}: not a readable video ({type(err).__name__}: {err})") from None
-    if not frames:
+    if not decoded:
         raise VideoError(f"{path}: the video has zero frames")
-    return np.stack(frames)
+    if check_truncation and max_frames is None and declared:
+        slack = max(TRUNCATION_TOLERANCE[0], int(np.ceil(TRUNCATION_TOLERANCE[1] * declared)))
+        if decoded < declared - slack:
+            raise VideoError(f"{path}: truncated: decoded {decoded} frames, the container declares {declared}")
+    flush()
+    return np.concatenate(out) if len(out) > 1 else out[0], declared
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 20, codec: str = "mpeg4", quality: int = 3) -> Path:

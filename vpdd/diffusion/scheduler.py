@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from vpdd_kernels.dispatch import KernelOps, ops, requested_impl, resolve_impl
+from vpdd_kernels.sampling import check_truncation_r
 
 from vpdd.diffusion.layout import ACTION, VIDEO, TokenLayout
 from vpdd.diffusion.reference import ReferenceDiffusion
@@ -78,6 +79,7 @@ class MaskReplaceScheduler:
         self.aux_loss_weight = float(aux_loss_weight)
         self.adaptive_aux_loss = bool(adaptive_aux_loss)
         self.time_sampling = time_sampling
+        check_truncation_r(truncation_r)  # (0, 1], 1.0 = off: r <= 0 could never accept a draw
         self.truncation_r = float(truncation_r)
         self.sampling_stride = int(sampling_stride)
         self.impl = impl
@@ -305,8 +307,7 @@ class MaskReplaceScheduler:
         """One reverse step x_t -> x_{t_prev} (global indices, t_prev defaults to t - 1).
 
         ``truncation_r``: None uses the scheduler's; a value >= 1 disables truncation."""
-        r = self.truncation_r if truncation_r is None else float(truncation_r)
-        r = None if r >= 1 else r
+        r = check_truncation_r(self.truncation_r if truncation_r is None else truncation_r)
         t_prev = t - 1 if t_prev is None else t_prev
         action_logits = self._action_logits(video_logits, action_logits)
         if self.impl == "reference":

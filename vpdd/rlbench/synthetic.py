@@ -375,7 +375,7 @@ def write_episode(folder: Path, demo: Demo, images: dict[str, np.ndarray], descr
 
 
 def generate_dataset(out: str | Path, cfg, image_size: int, cameras: list[str] | tuple[str, ...] = ALL_CAMERAS[:4],
-                     progress: bool = False) -> dict[str, Any]:
+                     progress: bool = False, force: bool = False) -> dict[str, Any]:
     """Write the dataset of ``cfg`` (:class:`~vpdd.config.rlbench.RLBenchGenerateConfig`) to ``out``
     (replaced atomically); returns a summary."""
     from tqdm import tqdm
@@ -383,7 +383,7 @@ def generate_dataset(out: str | Path, cfg, image_size: int, cameras: list[str] |
     out = Path(out)
     summary: dict[str, Any] = {"tasks": {}, "image_size": image_size, "cameras": list(cameras)}
     jobs = [(t, k) for t in cfg.tasks for k in range(cfg.episodes_per_task)]
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, marker=f"*/{EPISODES_SUBDIR}", force=force) as tmp:
         for task, k in tqdm(jobs, desc="generate", unit="episode", disable=not progress, leave=False):
             variation = k % cfg.variations
             demo, images, desc = generate_episode(task, variation, k, image_size, cameras, cfg.segment_steps,

@@ -66,8 +66,14 @@ def encode_rlbench(
     batch_size: int | None = None,
     device: str = "auto",
     progress: bool | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write the multi-view token cache of the PerAct data in ``data_root`` to ``out``; returns its manifest."""
+    from vpdd.tokenizer.cache import MANIFEST
+    from vpdd.utils.io import check_output_dir
+
+    guard = {"inputs": [tokenizer_dir, data_root], "marker": MANIFEST, "force": force}
+    check_output_dir(out, **guard)
     from vpdd.runtime.checkpoint import checkpoint_hash
     from vpdd.tokenizer.cache import write_token_cache
     from vpdd.tokenizer.pretrained import config_dict, load_tokenizer
@@ -92,20 +98,21 @@ def encode_rlbench(
     show = sys.stderr.isatty() if progress is None else progress
     manifest = write_token_cache(out, model, {"robot": items}, window=cfg.encode_window,
                                  batch_size=batch_size or cfg.encode_batch_size, manifest=manifest, device=dev,
-                                 progress=show)
+                                 progress=show, **guard)
     log.info("encoded %d episodes x %d cameras in %.1f s -> %s", len(refs), len(cameras), time.time() - t0, out)
     return manifest
 
 
 def export_views(data_root: str | Path, out: str | Path, *, resolution: int,
-                 cameras: list[str] | tuple[str, ...] = CAMERAS, tasks: list[str] | None = None) -> dict[str, Any]:
+                 cameras: list[str] | tuple[str, ...] = CAMERAS, tasks: list[str] | None = None,
+                 force: bool = False) -> dict[str, Any]:
     """Write every (episode, camera) of ``data_root`` as a vpdd episode under ``out`` (replaced atomically)."""
     from vpdd.data.episodes import Episode, save_episode, write_index
     from vpdd.utils.io import atomic_directory
 
     refs = list_episodes(data_root, tasks)
     entries = []
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, inputs=[data_root], marker="index.json", force=force) as tmp:
         for ref in refs:
             ep = load_episode(ref, cameras, resolution=resolution)
             actions = np.concatenate([ep.gripper_pose, ep.gripper_open[:, None]], axis=1).astype(np.float32)

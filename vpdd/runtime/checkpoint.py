@@ -93,7 +93,7 @@ def save_checkpoint(
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
     metadata = {"format": "pt", **_check_metadata(weights_metadata or {}, path)}
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, check=False) as tmp:
         atomic_write_json(tmp / CONFIG_NAME, config)
         write_safetensors(tmp / WEIGHTS_NAME, tensors, metadata)
         files = [CONFIG_NAME, WEIGHTS_NAME]

@@ -119,6 +119,8 @@ def write_token_cache(
     manifest: dict[str, Any],
     device: torch.device | str = "cpu",
     progress: bool = False,
+    inputs: Iterable[str | Path] = (),
+    force: bool = False,
 ) -> dict[str, Any]:
     """Encode every item of every source and write the cache directory atomically; returns the manifest."""
     from tqdm import tqdm
@@ -126,7 +128,7 @@ def write_token_cache(
     model.eval()
     grid = model.arch.latent_shape(window)
     summary: dict[str, Any] = {}
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, inputs=inputs, marker=MANIFEST, force=force) as tmp:
         for name, items in sources.items():
             if name not in SOURCES:
                 raise ValueError(f"unknown token source {name!r}; expected one of {SOURCES}")

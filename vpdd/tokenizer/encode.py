@@ -52,8 +52,16 @@ def encode_dataset(
     device: str = "auto",
     data_dvc: str | Path | None = "data.dvc",
     progress: bool | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Write the token cache for ``robot`` and/or ``corpus`` to ``out``; returns its manifest."""
+    """Write the token cache for ``robot`` and/or ``corpus`` to ``out``; returns its manifest.
+
+    ``out`` follows the output-folder rule (:func:`vpdd.utils.io.check_output_dir`), checked before any work."""
+    from vpdd.tokenizer.cache import MANIFEST
+    from vpdd.utils.io import check_output_dir
+
+    guard = {"inputs": [tokenizer_dir, robot, corpus], "marker": MANIFEST, "force": force}
+    check_output_dir(out, **guard)
     if robot is None and corpus is None:
         raise DataFormatError("nothing to encode: pass a robot episode folder and/or an ingested corpus")
     dev = torch.device(
@@ -106,6 +114,7 @@ def encode_dataset(
         manifest=manifest,
         device=dev,
         progress=show,
+        **guard,
     )
     rows = sum(s["rows"] for s in manifest["sources"].values())
     log.info(

@@ -2,6 +2,14 @@
 
 Files are written to a temporary sibling and renamed into place (rename is atomic within a file
 system); directories are built under a temporary sibling name and swapped in at the end.
+
+Output-folder rule (:func:`check_output_dir`, applied by :func:`atomic_directory` to every command that
+writes a folder): ``--out`` is refused when it is, contains or is inside one of the command's inputs, or
+when it is a non-empty folder that the command did not write itself. A folder is recognised as the
+command's own output by its marker: a file (glob) that the command always writes there, e.g.
+``index.json``, rather than an extra file, so the bytes of pinned outputs do not change. ``force=True``
+(``--force``) replaces such a folder deliberately; the input overlap is never forced. Temporary siblings
+(``.NAME.*.tmp``, ``.NAME.old-*``) left by an interrupted run whose process is gone are removed first.
 """
 
 from __future__ import annotations
@@ -11,9 +19,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+
+class OutputFolderError(ValueError):
+    """``--out`` would destroy something that is not this command's own earlier output."""
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -55,12 +67,101 @@ def atomic_write_png(path: str | os.PathLike, image, scale: int = 2) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` only if the block finishes without error."""
+def _overlap(out: Path, src: Path) -> str | None:
+    if out == src:
+        return "is"
+    if out in src.parents:
+        return "contains"
+    if src in out.parents:
+        return "is inside"
+    return None
+
+
+def check_output_dir(
+    path: str | os.PathLike,
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    marker: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Apply the output-folder rule (module docstring) to ``path``; raise :class:`OutputFolderError`."""
     path = Path(path)
+    out = path.resolve()
+    for src in inputs:
+        if src is None:
+            continue
+        how = _overlap(out, Path(src).resolve())
+        if how:
+            raise OutputFolderError(
+                f"--out {path} {how} the input {src}; writing it would delete the input. Choose another --out"
+            )
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise OutputFolderError(f"--out {path} exists and is not a folder; remove it or choose another --out")
+    if force or not path.is_dir() or not any(path.iterdir()):
+        return path
+    if marker is not None and any(path.glob(marker)):
+        return path
+    what = f"no {marker}" if marker else "not written by vpdd"
+    raise OutputFolderError(
+        f"--out {path} is a non-empty folder that this command did not write ({what}); it would be replaced "
+        "with everything in it. Choose another --out, or pass --force to replace it"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove ``.NAME.*.tmp`` / ``.NAME.old-*`` siblings of ``path`` left by processes that are gone."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.glob(f".{path.name}.*"):
+        rest = p.name[len(path.name) + 2 :]
+        if rest.startswith("old-"):
+            pid = rest[4:]
+        elif rest.endswith(".tmp"):
+            pid = rest.split(".", 1)[0]
+        else:
+            continue
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    path: str | os.PathLike,
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    marker: str | None = None,
+    force: bool = False,
+    check: bool = True,
+) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` only if the block finishes without error.
+
+    ``path`` must pass the output-folder rule (:func:`check_output_dir` with ``inputs``, ``marker``,
+    ``force``) unless ``check=False`` (checkpoint saves, whose folder the training run checked already).
+    """
+    path = Path(path)
+    if check:
+        check_output_dir(path, inputs=inputs, marker=marker, force=force)
+        clean_stale_temporaries(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
     except BaseException:
