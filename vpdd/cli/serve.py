@@ -11,18 +11,29 @@ process's ``sys.path``.
 latter the UI on a non-default port calls the API on port 4200 and shows nothing) and waits until
 ``/api/health`` answers. Ctrl-C or SIGTERM stops the serve process (in-flight flow runs are cancelled),
 then the server.
+
+Refused with one line and exit code 2, starting nothing: a second ``vpdd serve`` against the same checkout
+while one runs (an exclusive lock on a file named after the checkout, in the temporary folder: two
+runners would each be a DVC writer), and ``--with-server`` on a ``--host``/``--port`` already in use
+(another server's health check would otherwise be taken for this one's).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from vpdd.cli import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,11 +75,57 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> fl
     raise RuntimeError(f"the Prefect server did not answer {url} within {timeout:.0f} s")
 
 
+def lock_path(repo: Path) -> Path:
+    digest = hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"vpdd-serve-{digest}.lock"
+
+
+@contextlib.contextmanager
+def serve_lock(repo: Path):
+    """Hold the checkout's serve lock for the block; :class:`UserError` when another process holds it."""
+    import fcntl
+
+    path = lock_path(repo)
+    f = open(path, "a+")  # noqa: SIM115 (held for the block)
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(f"{repo} is already served (pid {holder}, lock {path}); one serve process per "
+                            "checkout keeps one DVC writer. Stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield path
+    finally:
+        f.close()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """:class:`UserError` when ``host:port`` cannot be bound (another server listens there)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise UserError(f"{host}:{port} is already in use ({err.strerror}); stop what listens there or pass "
+                            "another --port") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     repo = Path(args.repo).resolve()
     script = repo / "flows" / "serve.py"
     if not script.is_file():
         raise FileNotFoundError(f"{script}: no flows to serve (--repo must be a vpdd checkout)")
+    with serve_lock(repo):
+        if args.with_server:
+            check_port_free(args.host, args.port)
+        return _run(args, repo, script)
+
+
+def _run(args: argparse.Namespace, repo: Path, script: Path) -> int:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

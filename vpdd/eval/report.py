@@ -43,10 +43,20 @@ class EvalSettings:
 
 
 def policy_tasks(policy: Any, tasks: list[str]) -> list[str]:
-    """The tasks to evaluate: ``tasks`` when given, else the tasks the policy was fine-tuned on."""
-    if tasks:
-        return list(tasks)
+    """The tasks to evaluate: ``tasks`` when given, else the tasks the policy was fine-tuned on.
+
+    Refused: a task named twice, and a task the policy was not fine-tuned on (when the checkpoint records its
+    tasks): its success rate would be reported next to the others as if it were one of them."""
     trained = policy.config.get("data", {}).get("demonstrations", {}).get("tasks")
+    if tasks:
+        dups = sorted({t for t in tasks if list(tasks).count(t) > 1})
+        if dups:
+            raise EvaluationError(f"eval tasks: {dups} named more than once; name each task once")
+        unseen = [t for t in tasks if trained and t not in trained]
+        if unseen:
+            raise EvaluationError(f"{policy.loaded.path}: the policy was not fine-tuned on {unseen}; it knows "
+                                  f"{list(trained)}")
+        return list(tasks)
     if not trained:
         raise EvaluationError(f"{policy.loaded.path}: the checkpoint records no fine-tuning tasks; pass eval.tasks")
     return list(trained)

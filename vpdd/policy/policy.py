@@ -66,6 +66,36 @@ class PolicyError(ValueError):
     """Bad input to the policy (names what was expected)."""
 
 
+# Longest instruction accepted (characters): the text encoders truncate far below this, so a longer one is
+# a mistake (a file's content, a prompt injection), not a task description.
+MAX_INSTRUCTION_CHARS = 1000
+
+
+def check_instructions(instruction: Any, n: int) -> list[str]:
+    """``instruction`` (one string for the batch, or one per observation) as ``n`` validated strings:
+    non-empty text of at most :data:`MAX_INSTRUCTION_CHARS` characters; anything else is a PolicyError."""
+    if n <= 0:
+        raise PolicyError(f"an empty batch ({n} observations): pass at least one frame")
+    if isinstance(instruction, str):
+        texts = [instruction] * n
+    elif isinstance(instruction, list | tuple):
+        texts = list(instruction)
+    else:
+        raise PolicyError(f"instruction: expected a string or a list of {n} strings, got "
+                          f"{type(instruction).__name__} {instruction!r:.60}")
+    if len(texts) != n:
+        raise PolicyError(f"{len(texts)} instructions for a batch of {n} observations")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise PolicyError(f"instruction {i}: expected a string, got {type(text).__name__} {text!r:.60}")
+        if not text.strip():
+            raise PolicyError(f"instruction {i}: empty; describe the task (e.g. the one the policy was trained on)")
+        if len(text) > MAX_INSTRUCTION_CHARS:
+            raise PolicyError(f"instruction {i}: {len(text)} characters, more than the limit of "
+                              f"{MAX_INSTRUCTION_CHARS}")
+    return texts
+
+
 @dataclass
 class PolicyOutput:
     actions: np.ndarray | None  # (B, chunk, D) float32, None for a video-only (pre-trained) model
@@ -95,6 +125,16 @@ class VPDDPolicy(nn.Module):
         if not 1 <= execute_steps <= self.chunk:
             raise PolicyError(f"execute_steps={execute_steps}: expected 1..{self.chunk} (the chunk length)")
         self.execute_steps = int(execute_steps)
+        if truncation_r is not None:
+            from vpdd_kernels.sampling import check_truncation_r
+
+            try:
+                check_truncation_r(truncation_r)
+            except ValueError as err:
+                raise PolicyError(str(err)) from None
+        steps = self.scheduler.num_timesteps
+        if sampling_stride is not None and not (isinstance(sampling_stride, int) and 1 <= sampling_stride <= steps):
+            raise PolicyError(f"sampling_stride={sampling_stride!r}: expected an integer in 1..{steps}")
         self.sampling_stride = sampling_stride
         self.truncation_r = truncation_r
         self.device = torch.device(device)
@@ -171,6 +211,8 @@ class VPDDPolicy(nn.Module):
 
     def _check(self, frames: np.ndarray, what: str) -> None:
         r = self.resolution
+        if frames.ndim >= 1 and frames.shape[0] == 0:
+            raise PolicyError(f"{what}: an empty batch (0 frames); pass at least one frame")
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (r, r, 3):
             raise PolicyError(f"{what}: expected uint8 frames ({r}, {r}, 3) (optionally batched), got "
                               f"{frames.dtype} {frames.shape[1:] if frames.ndim == 4 else frames.shape}")
@@ -199,10 +241,7 @@ class VPDDPolicy(nn.Module):
         self._window(frame, record=True)
 
     def _instructions(self, instruction: str | Sequence[str], n: int) -> list[str]:
-        texts = [instruction] * n if isinstance(instruction, str) else list(instruction)
-        if len(texts) != n:
-            raise PolicyError(f"{len(texts)} instructions for a batch of {n} observations")
-        return texts
+        return check_instructions(instruction, n)
 
     # -------------------------------------------------------------------------------------- inference
     @torch.no_grad()
@@ -287,6 +326,7 @@ class VPDDPolicy(nn.Module):
         frame, win, batched = self._as_frames(observation)
         if win is not None:
             raise PolicyError("select_action keeps its own frame history: pass {'image': frame}, not 'history'")
+        self._instructions(instruction, len(frame))  # before the frame is recorded
         window = self._window(frame, record=True)
         if not self._queue:
             chunk = self._predict(window, self._instructions(instruction, len(window))).actions

@@ -50,7 +50,7 @@ from vpdd.models.checkpoint import (
     save_vpdd_checkpoint,
 )
 from vpdd.models.model import diffusion_loss, sample_tokens
-from vpdd.policy.policy import PolicyError
+from vpdd.policy.policy import PolicyError, check_instructions
 from vpdd.rlbench import network as _network  # noqa: F401  (registers the "multiview" action network)
 from vpdd.rlbench.keyframes import DIMS, KIND, PoseActionCoder
 
@@ -90,6 +90,13 @@ class RLBenchPolicy(nn.Module):
         if not 1 <= execute_steps <= self.chunk:
             raise PolicyError(f"execute_steps={execute_steps}: expected 1..{self.chunk} (the chunk length)")
         self.execute_steps = int(execute_steps)
+        if truncation_r is not None:
+            from vpdd_kernels.sampling import check_truncation_r
+
+            try:
+                check_truncation_r(truncation_r)
+            except ValueError as err:
+                raise PolicyError(str(err)) from None
         self.sampling_stride, self.truncation_r = sampling_stride, truncation_r
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
@@ -201,7 +208,7 @@ class RLBenchPolicy(nn.Module):
     def _instruction(instruction: str) -> str:
         if not isinstance(instruction, str):
             raise PolicyError(f"instruction: expected one string (one environment), got {type(instruction).__name__}")
-        return instruction
+        return check_instructions(instruction, 1)[0]
 
     def predict(self, views: Mapping[str, np.ndarray], instruction: str) -> KeyframePrediction:
         """One joint sample of every view's future and ``chunk`` keyframes (does not touch the frame history)."""

@@ -140,12 +140,53 @@ def _allowed() -> dict[tuple[str, str], Any]:
 _ALLOWED: dict[tuple[str, str], Any] | None = None
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` restricted to RLBench's data classes (as stand-ins), numpy and plain data."""
+# Callables of the allow-list that allocate memory from their arguments alone (``bytearray(10**9)``,
+# ``ndarray((10**9,))``): a pickle's own data bounds what a real one needs, so larger requests are refused
+# before anything is allocated.
+_ALLOCATING = {("builtins", "bytearray"), ("numpy", "ndarray"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct")}
 
-    def __init__(self, file: io.BufferedIOBase, source: str | Path):
+
+def _bounded(fn: Any, budget: int, source: str) -> Any:
+    def requested(args: tuple) -> int:
+        if fn is bytearray:
+            return args[0] if args and isinstance(args[0], int) else 0
+        shape_at = 1 if fn is not np.ndarray else 0  # _reconstruct(subtype, shape, dtype)
+        shape = args[shape_at] if len(args) > shape_at else ()
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        dtype = np.dtype(args[shape_at + 1]) if len(args) > shape_at + 1 else np.dtype(float)
+        n = dtype.itemsize
+        for d in dims:
+            n *= int(d)
+        return n
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        args = tuple(getattr(a, "unbounded", a) for a in args)  # _reconstruct(ndarray, ...) wants the class
+        try:
+            size = requested(args)
+        except (TypeError, ValueError) as err:
+            raise PerActFormatError(f"{source}: bad arguments to {getattr(fn, '__name__', fn)} ({err})") from None
+        if size > budget or size < 0:
+            raise PerActFormatError(f"{source}: the pickle asks {getattr(fn, '__name__', fn)} for {size} bytes, "
+                                    f"more than its {budget}-byte budget (refused before allocating)")
+        return fn(*args, **kwargs)
+
+    call.unbounded = fn
+    return call
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` restricted to RLBench's data classes (as stand-ins), numpy and plain data.
+
+    ``budget`` bounds the bytes one allocating call may request (default: 1 MiB + 4x the pickle's size)."""
+
+    def __init__(self, file: io.BufferedIOBase, source: str | Path, budget: int | None = None):
         super().__init__(file)
         self.source = str(source)
+        if budget is None:
+            size = len(file.getbuffer()) if isinstance(file, io.BytesIO) else 0
+            budget = (1 << 20) + 4 * size
+        self.budget = budget
 
     def find_class(self, module: str, name: str) -> Any:
         import _compat_pickle
@@ -165,6 +206,8 @@ class SafeUnpickler(pickle.Unpickler):
                 "rlbench.demo.Demo, rlbench.backend.observation.Observation, numpy arrays and plain Python "
                 "data (nothing was executed)"
             )
+        if (module, name) in _ALLOCATING:
+            return _bounded(obj, self.budget, self.source)
         return obj
 
     def persistent_load(self, pid: Any) -> Any:
@@ -249,8 +292,16 @@ class PerActEpisode:
         return self.descriptions[0]
 
     def low_dim(self, name: str) -> np.ndarray:
-        """The field ``name`` of every observation, stacked: (T, ...) float64."""
-        return np.stack([np.asarray(getattr(o, name), dtype=np.float64) for o in self.demo])
+        """The field ``name`` of every observation, stacked: (T, ...) float64; a :class:`PerActFormatError`
+        naming the episode when the observations disagree on its shape."""
+        values = [np.asarray(getattr(o, name), dtype=np.float64) for o in self.demo]
+        shapes = sorted({v.shape for v in values})
+        if len(shapes) > 1:
+            bad = next(i for i, v in enumerate(values) if v.shape != values[0].shape)
+            raise PerActFormatError(f"{self.ref.path / LOW_DIM_PICKLE}: "
+                                    f"{name} has shape {values[0].shape} in observation 0 but {values[bad].shape} "
+                                    f"in observation {bad} (ragged); every observation needs the same shape")
+        return np.stack(values)
 
     @property
     def gripper_pose(self) -> np.ndarray:
@@ -311,6 +362,7 @@ def _check_observations(demo: Any, path: Path) -> Demo:
         raise PerActFormatError(f"{path}: expected a pickled rlbench.demo.Demo, got {type(demo).__name__}")
     if len(demo) == 0:
         raise PerActFormatError(f"{path}: the demo holds no observations")
+    first: dict[str, tuple] = {}
     for i, obs in enumerate(demo):
         if not isinstance(obs, Observation):
             raise PerActFormatError(f"{path}: observation {i} is a {type(obs).__name__}, expected an Observation")
@@ -323,6 +375,9 @@ def _check_observations(demo: Any, path: Path) -> Demo:
                 raise PerActFormatError(f"{path}: observation {i}: {name} is not numeric ({arr.dtype})")
             if size is not None and arr.shape != (size,):
                 raise PerActFormatError(f"{path}: observation {i}: {name} has shape {arr.shape}, expected ({size},)")
+            if first.setdefault(name, arr.shape) != arr.shape:
+                raise PerActFormatError(f"{path}: observation {i}: {name} has shape {arr.shape}, but "
+                                        f"{first[name]} in observation 0 (ragged); every observation needs one shape")
     return demo
 
 

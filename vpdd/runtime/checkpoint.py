@@ -165,16 +165,36 @@ def checkpoint_hash(path: str | os.PathLike) -> str:
     return _identity_hash({n: _sha256_file(path / n) for n in IDENTITY_FILES})
 
 
+def _verify(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(meta.json, None) if ``path`` is complete and its files match their hashes, else (None, the problem
+    naming the file)."""
+    meta_file = path / META_NAME
+    try:
+        meta = json.loads(meta_file.read_text())
+    except OSError as err:
+        return None, f"{meta_file}: unreadable ({err.strerror or err})"
+    except ValueError as err:
+        return None, f"{meta_file}: not valid JSON ({err})"
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return None, f"{meta_file}: invalid checkpoint metadata (no 'files' mapping of file names to sha256 hashes)"
+    for name, digest in files.items():
+        file = path / name
+        if not file.is_file():
+            return None, f"{file}: missing (listed in {META_NAME})"
+        try:
+            actual = _sha256_file(file)
+        except OSError as err:
+            return None, f"{file}: unreadable ({err.strerror or err})"
+        if actual != digest:
+            return None, (f"{file}: corrupted (its sha256 {actual[:12]}... does not match {digest[:12]}... "
+                          f"in {META_NAME})")
+    return meta, None
+
+
 def _complete(path: Path) -> dict[str, Any] | None:
     """meta.json of ``path`` if the directory is complete and its files match their hashes, else None."""
-    try:
-        meta = json.loads((path / META_NAME).read_text())
-        for name, digest in meta["files"].items():
-            if _sha256_file(path / name) != digest:
-                return None
-        return meta
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return _verify(path)[0]
 
 
 def recover_checkpoint(path: str | os.PathLike) -> bool:
@@ -228,15 +248,30 @@ def load_checkpoint(
     path = Path(path)
     if not recover_checkpoint(path):
         raise CheckpointError(f"{path}: no complete checkpoint here (missing {META_NAME})")
-    meta = _complete(path) if verify else json.loads((path / META_NAME).read_text())
-    if meta is None:
-        raise CheckpointError(f"{path}: corrupted checkpoint (a file does not match its hash in {META_NAME})")
+    if verify:
+        meta, problem = _verify(path)
+        if meta is None:
+            raise CheckpointError(f"{path}: corrupted checkpoint: {problem}")
+    else:
+        try:
+            meta = json.loads((path / META_NAME).read_text())
+        except ValueError as err:
+            raise CheckpointError(f"{path / META_NAME}: not valid JSON ({err})") from None
     config = read_config(path)
-    weights = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
+    try:
+        weights = load_file(str(path / WEIGHTS_NAME), device=str(map_location))
+    except Exception as err:  # SafetensorError, OSError, ...: a file that matches its (re-written) hash
+        raise CheckpointError(f"{path / WEIGHTS_NAME}: not a readable safetensors file "
+                              f"({type(err).__name__}: {err})") from None
     state = None
     if training_state:
         state_file = path / STATE_NAME
         if not state_file.is_file():
             raise CheckpointError(f"{path}: no {STATE_NAME}; this checkpoint cannot resume training")
-        state = torch.load(state_file, map_location=map_location, weights_only=True)
+        try:
+            state = torch.load(state_file, map_location=map_location, weights_only=True)
+        except Exception as err:  # UnpicklingError (a global outside torch's allow-list), EOFError, ...
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{state_file}: refused or unreadable training state "
+                                  f"({type(err).__name__}: {reason}); nothing in it was executed") from None
     return Checkpoint(path=path, config=config, weights=weights, meta=meta, training_state=state)

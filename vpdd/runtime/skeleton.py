@@ -183,6 +183,8 @@ class Trainer:
                     stopping = dist_utils.any_true(stop.signal is not None, info)
                     if loop.evaluate is not None and (loop.eval_due(step) or step == loop.steps):
                         metrics = {**metrics, **loop.evaluate(step)}
+                    if stopping:
+                        stop.disarm()  # the step is done: the save may take its time
                     if step % loop.checkpoint_every == 0 or step == loop.steps or stopping:
                         loop.save(step, metrics)
                     if stopping:
