@@ -110,9 +110,13 @@ def export_views(data_root: str | Path, out: str | Path, *, resolution: int,
     from vpdd.data.episodes import Episode, save_episode, write_index
     from vpdd.utils.io import atomic_directory
 
+    from vpdd.utils.io import check_output_dir
+
+    guard = {"inputs": [data_root], "marker": "index.json", "force": force}
+    check_output_dir(out, **guard)  # before any reading
     refs = list_episodes(data_root, tasks)
     entries = []
-    with atomic_directory(out, inputs=[data_root], marker="index.json", force=force) as tmp:
+    with atomic_directory(out, **guard) as tmp:
         for ref in refs:
             ep = load_episode(ref, cameras, resolution=resolution)
             actions = np.concatenate([ep.gripper_pose, ep.gripper_open[:, None]], axis=1).astype(np.float32)
