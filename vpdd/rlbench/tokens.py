@@ -98,7 +98,7 @@ def encode_rlbench(
     show = sys.stderr.isatty() if progress is None else progress
     manifest = write_token_cache(out, model, {"robot": items}, window=cfg.encode_window,
                                  batch_size=batch_size or cfg.encode_batch_size, manifest=manifest, device=dev,
-                                 progress=show, **guard)
+                                 progress=show, inputs=guard["inputs"], force=force)
     log.info("encoded %d episodes x %d cameras in %.1f s -> %s", len(refs), len(cameras), time.time() - t0, out)
     return manifest
 
@@ -108,9 +108,7 @@ def export_views(data_root: str | Path, out: str | Path, *, resolution: int,
                  force: bool = False) -> dict[str, Any]:
     """Write every (episode, camera) of ``data_root`` as a vpdd episode under ``out`` (replaced atomically)."""
     from vpdd.data.episodes import Episode, save_episode, write_index
-    from vpdd.utils.io import atomic_directory
-
-    from vpdd.utils.io import check_output_dir
+    from vpdd.utils.io import atomic_directory, check_output_dir
 
     guard = {"inputs": [data_root], "marker": "index.json", "force": force}
     check_output_dir(out, **guard)  # before any reading

@@ -114,7 +114,8 @@ def encode_dataset(
         manifest=manifest,
         device=dev,
         progress=show,
-        **guard,
+        inputs=guard["inputs"],
+        force=force,
     )
     rows = sum(s["rows"] for s in manifest["sources"].values())
     log.info(
