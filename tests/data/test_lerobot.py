@@ -225,8 +225,8 @@ def test_import_errors_name_the_file_and_field_and_write_nothing(tmp_path, what,
     out = tmp_path / "store"
     out.mkdir()
     (out / "keep.txt").write_text("old")  # an existing output stays as it was
-    with pytest.raises(LeRobotFormatError) as err:
-        import_lerobot(tmp_path / "ds", out, **kwargs)
+    with pytest.raises(LeRobotFormatError) as err:  # force: a folder import-lerobot did not write is refused
+        import_lerobot(tmp_path / "ds", out, force=True, **kwargs)
     for fragment in fragments:
         assert fragment in str(err.value), (fragment, str(err.value))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "store"]  # no temporary folder left
