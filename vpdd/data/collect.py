@@ -16,6 +16,7 @@ import hashlib
 import logging
 import multiprocessing as mp
 import queue
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -175,6 +176,14 @@ def collect_metaworld(spec: CollectSpec, out: str | Path, workers: int = 1, prog
     return {**report, "seconds": elapsed}
 
 
+_RENDERED = re.compile(r"[a-z0-9-]+-v3_\d{3}\.(mp4|txt)")
+
+
+def _rendered_corpus(folder: Path) -> bool:
+    """a file render_actionless_corpus does not write (it writes only <task>_<NNN>.mp4 and .txt files)"""
+    return all(_RENDERED.fullmatch(p.name) for p in folder.iterdir())
+
+
 def render_actionless_corpus(
     tasks: list[str], videos_per_task: int, out: str | Path, camera: str = "corner3", resolution: int = 96,
     fps: int = 20, captioned_fraction: float = 0.5, seed: int = 1000, max_steps: int = 150,
@@ -191,7 +200,7 @@ def render_actionless_corpus(
         raise ValueError(f"unknown Meta-World tasks {bad}")
     n_captioned = round(captioned_fraction * videos_per_task)
     written = []
-    with atomic_directory(out, marker="*.mp4", force=force) as tmp:
+    with atomic_directory(out, marker=_rendered_corpus, force=force) as tmp:
         for task in tqdm(tasks, desc="corpus", unit="task", disable=not progress):
             with MetaWorldEnv(task, camera, resolution, True, True, render_backend, max_steps + 1) as env:
                 policy = scripted_policy(task)

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ def check_output_dir(
     path: str | os.PathLike,
     *,
     inputs: Iterable[str | os.PathLike] = (),
-    marker: str | None = None,
+    marker: str | Callable[[Path], bool] | None = None,
     force: bool = False,
 ) -> Path:
     """Apply the output-folder rule (module docstring) to ``path``; raise :class:`OutputFolderError`."""
@@ -99,9 +99,12 @@ def check_output_dir(
         raise OutputFolderError(f"--out {path} exists and is not a folder; remove it or choose another --out")
     if force or not path.is_dir() or not any(path.iterdir()):
         return path
-    if marker is not None and any(path.glob(marker)):
+    if (callable(marker) and marker(path)) or (isinstance(marker, str) and any(path.glob(marker))):
         return path
-    what = f"no {marker}" if marker else "not written by vpdd"
+    if marker is None:
+        what = "not written by vpdd"
+    else:
+        what = f"no {marker}" if isinstance(marker, str) else (marker.__doc__ or "not written by vpdd").strip()
     raise OutputFolderError(
         f"--out {path} is a non-empty folder that this command did not write ({what}); it would be replaced "
         "with everything in it. Choose another --out, or pass --force to replace it"
@@ -147,7 +150,7 @@ def atomic_directory(
     path: str | os.PathLike,
     *,
     inputs: Iterable[str | os.PathLike] = (),
-    marker: str | None = None,
+    marker: str | Callable[[Path], bool] | None = None,
     force: bool = False,
     check: bool = True,
 ) -> Iterator[Path]:
