@@ -20,15 +20,21 @@ def _load_coef(coef_ptr, b, idx: tl.constexpr):
 
 
 @triton.jit
+def _block(zrow, stride_k, k0, K, other: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Classes k0 .. k0 + BLOCK_K of a row: (offsets, in range, float32 logits with ``other`` outside)."""
+    offs = k0 + tl.arange(0, BLOCK_K)
+    valid = offs < K
+    return offs, valid, tl.load(zrow + offs.to(tl.int64) * stride_k, mask=valid, other=other).to(tl.float32)
+
+
+@triton.jit
 def _row_softmax_stats(zrow, stride_k, K, j, masked, BLOCK_K: tl.constexpr):
     """One pass over a row: (max, Σ e, Σ_{k≠j} e) with e = exp(z - max), e_j kept on masked rows."""
     m = tl.full((), float("-inf"), tl.float32)
     s = tl.zeros((), tl.float32)
     s_notj = tl.zeros((), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        valid = offs < K
-        x = tl.load(zrow + offs.to(tl.int64) * stride_k, mask=valid, other=float("-inf")).to(tl.float32)
+        offs, valid, x = _block(zrow, stride_k, k0, K, float("-inf"), BLOCK_K)
         m_new = tl.maximum(m, tl.max(x, axis=0))
         scale = tl.exp(m - m_new)
         e = tl.where(valid, tl.exp(x - m_new), 0.0)
@@ -36,6 +42,20 @@ def _row_softmax_stats(zrow, stride_k, K, j, masked, BLOCK_K: tl.constexpr):
         s_notj = s_notj * scale + tl.sum(tl.where((offs != j) | masked, e, 0.0), axis=0)
         m = m_new
     return m, s, s_notj
+
+
+@triton.jit
+def _token_row(z_ptr, xt_ptr, N, K, stride_zb, stride_zn, stride_zk, stride_xb, stride_xn, BLOCK_K: tl.constexpr):
+    """This program's token row: (row, b, n, its logits, masked, j = x_t or 0 when masked, max, Σe, Σ_{k≠j} e)."""
+    row = tl.program_id(0).to(tl.int64)
+    b = row // N
+    n = row % N
+    zrow = z_ptr + b * stride_zb + n * stride_zn
+    xt = tl.load(xt_ptr + b * stride_xb + n * stride_xn).to(tl.int64)
+    masked = xt == K
+    j = tl.where(masked, 0, xt)
+    m, s, s_notj = _row_softmax_stats(zrow, stride_zk, K, j, masked, BLOCK_K)
+    return row, b, n, zrow, masked, j, m, s, s_notj
 
 
 @triton.jit
