@@ -15,8 +15,13 @@ N_COEF = tl.constexpr(len(cm.StepCoefficients._fields))
 
 
 @triton.jit
-def _load_coef(coef_ptr, b, idx: tl.constexpr):
-    return tl.load(coef_ptr + b * N_COEF + idx)
+def _coefs(coef_ptr, b):
+    """The 12 float64 :class:`StepCoefficients` fields of sample ``b``, in field order (unused loads compile away)."""
+    c = coef_ptr + b * N_COEF
+    return (
+        tl.load(c + 0), tl.load(c + 1), tl.load(c + 2), tl.load(c + 3), tl.load(c + 4), tl.load(c + 5),
+        tl.load(c + 6), tl.load(c + 7), tl.load(c + 8), tl.load(c + 9), tl.load(c + 10), tl.load(c + 11),
+    )  # fmt: skip
 
 
 @triton.jit
@@ -63,15 +68,7 @@ def _posterior_row(coef_ptr, b, masked, p_notj, p_j):
     """Per-row scalars of the closed-form posterior (``vpdd_kernels.posterior``) from the float64 kept mass
     Σ_{k≠j} p and p_j: out_k = log(base + slope·p_k) + log_u0 in the bulk, and the clamped values at j and
     at MASK."""
-    ck = _load_coef(coef_ptr, b, 0)
-    cr = _load_coef(coef_ptr, b, 1)
-    cmk = _load_coef(coef_ptr, b, 2)
-    kp = _load_coef(coef_ptr, b, 3)
-    rp = _load_coef(coef_ptr, b, 4)
-    mk = _load_coef(coef_ptr, b, 5)
-    pk = _load_coef(coef_ptr, b, 6)
-    pr = _load_coef(coef_ptr, b, 7)
-    pm = _load_coef(coef_ptr, b, 8)
+    ck, cr, cmk, kp, rp, mk, pk, pr, pm, _, _, _ = _coefs(coef_ptr, b)
     q_j = tl.where(masked, cmk, ck + cr)
     q_0 = tl.where(masked, cmk, cr + EPS * ck)
     u_j = tl.where(masked, mk, kp + rp)

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from vpdd_kernels import _common as cm
-from vpdd_kernels._jit_common import EPS, FLOOR, LOG_FLOOR, _block, _load_coef, _log1p, _token_row
+from vpdd_kernels._jit_common import EPS, FLOOR, LOG_FLOOR, _block, _coefs, _log1p, _token_row
 from vpdd_kernels.loss import STATS, row_gradients, row_terms
 
 
@@ -42,12 +42,7 @@ def _loss_stats_kernel(
     logp_j = (tl.load(zrow + j * stride_zk).to(tl.float32) - m).to(tl.float64) - log_s
     p_notj = s_notj / s
 
-    ck = _load_coef(coef_ptr, b, 0)
-    cr = _load_coef(coef_ptr, b, 1)
-    cmk = _load_coef(coef_ptr, b, 2)
-    pk = _load_coef(coef_ptr, b, 6)
-    pr = _load_coef(coef_ptr, b, 7)
-    ccr = _load_coef(coef_ptr, b, 9)
+    ck, cr, cmk, _, _, _, pk, pr, _, ccr, _, _ = _coefs(coef_ptr, b)
     q_j = tl.where(masked, cmk, ck + cr)
     q_0 = tl.where(masked, cmk, cr + EPS * ck)
     q_c = tl.where(masked, cmk, ccr + EPS * ck)

@@ -108,12 +108,10 @@ def _callables(op: str, provider: str, inp: dict[str, Any], device: str) -> dict
         if provider == "compile":
             post, step, noise, loss_fn = (torch.compile(f, dynamic=False) for f in (post, step, noise, loss_fn))
     zv, za, xt, t, x0 = inp["zv"], inp["za"], inp["xt"], inp["t"], inp["x0"]
-    if op == "posterior":
-        return {"fwd": lambda: post(zv, za, xt, t)}
-    if op == "reverse_step":
-        return {"fwd": lambda: step(zv, za, xt, t)}
-    if op == "q_sample":
-        return {"fwd": lambda: noise(x0, t)}
+    forward_only = {"posterior": lambda: post(zv, za, xt, t), "reverse_step": lambda: step(zv, za, xt, t),
+                    "q_sample": lambda: noise(x0, t)}
+    if op in forward_only:
+        return {"fwd": forward_only[op]}
     lv, la = zv.detach().clone().requires_grad_(), za.detach().clone().requires_grad_()
     state: dict[str, torch.Tensor] = {}
 
