@@ -15,8 +15,21 @@ N_COEF = tl.constexpr(len(cm.StepCoefficients._fields))
 
 
 @triton.jit
-def _load_coef(coef_ptr, b, idx: tl.constexpr):
-    return tl.load(coef_ptr + b * N_COEF + idx)
+def _coefs(coef_ptr, b):
+    """The 12 float64 :class:`StepCoefficients` fields of sample ``b``, in field order (unused loads compile away)."""
+    c = coef_ptr + b * N_COEF
+    return (
+        tl.load(c + 0), tl.load(c + 1), tl.load(c + 2), tl.load(c + 3), tl.load(c + 4), tl.load(c + 5),
+        tl.load(c + 6), tl.load(c + 7), tl.load(c + 8), tl.load(c + 9), tl.load(c + 10), tl.load(c + 11),
+    )  # fmt: skip
+
+
+@triton.jit
+def _block(zrow, stride_k, k0, K, other: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Classes k0 .. k0 + BLOCK_K of a row: (offsets, in range, float32 logits with ``other`` outside)."""
+    offs = k0 + tl.arange(0, BLOCK_K)
+    valid = offs < K
+    return offs, valid, tl.load(zrow + offs.to(tl.int64) * stride_k, mask=valid, other=other).to(tl.float32)
 
 
 @triton.jit
@@ -26,9 +39,7 @@ def _row_softmax_stats(zrow, stride_k, K, j, masked, BLOCK_K: tl.constexpr):
     s = tl.zeros((), tl.float32)
     s_notj = tl.zeros((), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        valid = offs < K
-        x = tl.load(zrow + offs.to(tl.int64) * stride_k, mask=valid, other=float("-inf")).to(tl.float32)
+        offs, valid, x = _block(zrow, stride_k, k0, K, float("-inf"), BLOCK_K)
         m_new = tl.maximum(m, tl.max(x, axis=0))
         scale = tl.exp(m - m_new)
         e = tl.where(valid, tl.exp(x - m_new), 0.0)
@@ -39,19 +50,25 @@ def _row_softmax_stats(zrow, stride_k, K, j, masked, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _token_row(z_ptr, xt_ptr, N, K, stride_zb, stride_zn, stride_zk, stride_xb, stride_xn, BLOCK_K: tl.constexpr):
+    """This program's token row: (row, b, n, its logits, masked, j = x_t or 0 when masked, max, Σe, Σ_{k≠j} e)."""
+    row = tl.program_id(0).to(tl.int64)
+    b = row // N
+    n = row % N
+    zrow = z_ptr + b * stride_zb + n * stride_zn
+    xt = tl.load(xt_ptr + b * stride_xb + n * stride_xn).to(tl.int64)
+    masked = xt == K
+    j = tl.where(masked, 0, xt)
+    m, s, s_notj = _row_softmax_stats(zrow, stride_zk, K, j, masked, BLOCK_K)
+    return row, b, n, zrow, masked, j, m, s, s_notj
+
+
+@triton.jit
 def _posterior_row(coef_ptr, b, masked, p_notj, p_j):
     """Per-row scalars of the closed-form posterior (``vpdd_kernels.posterior``) from the float64 kept mass
     Σ_{k≠j} p and p_j: out_k = log(base + slope·p_k) + log_u0 in the bulk, and the clamped values at j and
     at MASK."""
-    ck = _load_coef(coef_ptr, b, 0)
-    cr = _load_coef(coef_ptr, b, 1)
-    cmk = _load_coef(coef_ptr, b, 2)
-    kp = _load_coef(coef_ptr, b, 3)
-    rp = _load_coef(coef_ptr, b, 4)
-    mk = _load_coef(coef_ptr, b, 5)
-    pk = _load_coef(coef_ptr, b, 6)
-    pr = _load_coef(coef_ptr, b, 7)
-    pm = _load_coef(coef_ptr, b, 8)
+    ck, cr, cmk, kp, rp, mk, pk, pr, pm, _, _, _ = _coefs(coef_ptr, b)
     q_j = tl.where(masked, cmk, ck + cr)
     q_0 = tl.where(masked, cmk, cr + EPS * ck)
     u_j = tl.where(masked, mk, kp + rp)

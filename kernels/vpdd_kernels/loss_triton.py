@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from vpdd_kernels import _common as cm
-from vpdd_kernels._jit_common import EPS, FLOOR, LOG_FLOOR, _load_coef, _log1p, _row_softmax_stats
+from vpdd_kernels._jit_common import EPS, FLOOR, LOG_FLOOR, _block, _coefs, _log1p, _token_row
 from vpdd_kernels.loss import STATS, row_gradients, row_terms
 
 
@@ -32,27 +32,17 @@ def _loss_stats_kernel(
     stride_zb, stride_zn, stride_zk,
     NEED_GRAD: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    b = row // N
-    n = row % N
-    zrow = z_ptr + b * stride_zb + n * stride_zn
+    # x_t (B·N,) is contiguous: strides (N, 1)
+    row, b, _, zrow, masked, j, m, s, s_notj = _token_row(
+        z_ptr, xt_ptr, N, K, stride_zb, stride_zn, stride_zk, N, 1, BLOCK_K
+    )
     i = tl.load(x0_ptr + row)
-    xt = tl.load(xt_ptr + row)
-    masked = xt == K
-    j = tl.where(masked, 0, xt)
-
-    m, s, s_notj = _row_softmax_stats(zrow, stride_zk, K, j, masked, BLOCK_K)
     log_s = tl.log(s.to(tl.float64))  # log p = (z - max) - log Σe: invariant to shifted logits
     logp_i = (tl.load(zrow + i * stride_zk).to(tl.float32) - m).to(tl.float64) - log_s
     logp_j = (tl.load(zrow + j * stride_zk).to(tl.float32) - m).to(tl.float64) - log_s
     p_notj = s_notj / s
 
-    ck = _load_coef(coef_ptr, b, 0)
-    cr = _load_coef(coef_ptr, b, 1)
-    cmk = _load_coef(coef_ptr, b, 2)
-    pk = _load_coef(coef_ptr, b, 6)
-    pr = _load_coef(coef_ptr, b, 7)
-    ccr = _load_coef(coef_ptr, b, 9)
+    ck, cr, cmk, _, _, _, pk, pr, _, ccr, _, _ = _coefs(coef_ptr, b)
     q_j = tl.where(masked, cmk, ck + cr)
     q_0 = tl.where(masked, cmk, cr + EPS * ck)
     q_c = tl.where(masked, cmk, ccr + EPS * ck)
@@ -67,9 +57,7 @@ def _loss_stats_kernel(
     sum_v = tl.zeros((), tl.float32)
     sum_pv = tl.zeros((), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        valid = offs < K
-        x = tl.load(zrow + offs.to(tl.int64) * stride_zk, mask=valid, other=float("-inf")).to(tl.float32)
+        offs, valid, x = _block(zrow, stride_zk, k0, K, float("-inf"), BLOCK_K)
         e = tl.where(valid & ((offs != j) | masked), tl.exp(x - m), 0.0)
         lp = _log1p(e * scale)
         sum_log1p += tl.sum(lp, axis=0)
@@ -112,9 +100,7 @@ def _loss_grad_kernel(
     i = tl.load(idx_ptr + row)
     jj = tl.load(idx_ptr + R + row)
     for k0 in range(0, K, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        valid = offs < K
-        x = tl.load(zrow + offs.to(tl.int64) * stride_zk, mask=valid, other=0.0).to(tl.float32)
+        offs, valid, x = _block(zrow, stride_zk, k0, K, 0.0, BLOCK_K)
         p = tl.exp((x - zmax) - log_s)
         g = p * (b0 + a1 / (1.0 + rho * p))
         g = tl.where(offs == jj, g_j, g)

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from vpdd_kernels import _common as cm
 from vpdd_kernels import posterior
-from vpdd_kernels._jit_common import FLOOR, LOG_FLOOR, _posterior_row, _row_softmax_stats
+from vpdd_kernels._jit_common import FLOOR, LOG_FLOOR, _block, _posterior_row, _token_row
 
 
 @triton.jit
@@ -32,16 +32,10 @@ def _posterior_kernel(
     stride_ob, stride_on,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    b = row // N
-    n = row % N
-    zrow = z_ptr + b * stride_zb + n * stride_zn
+    _, b, n, zrow, masked, j, m, s, s_notj = _token_row(
+        z_ptr, xt_ptr, N, K, stride_zb, stride_zn, stride_zk, stride_xb, stride_xn, BLOCK_K
+    )
     orow = out_ptr + b * stride_ob + n * stride_on
-    xt = tl.load(xt_ptr + b * stride_xb + n * stride_xn).to(tl.int64)
-    masked = xt == K
-    j = tl.where(masked, 0, xt)
-
-    m, s, s_notj = _row_softmax_stats(zrow, stride_zk, K, j, masked, BLOCK_K)
     lse = m + tl.log(s)
     z_j = tl.load(zrow + j * stride_zk).to(tl.float32)
     p_j = tl.maximum(tl.exp(z_j - lse), FLOOR).to(tl.float64)  # clamp(min=e^-70)
@@ -50,9 +44,7 @@ def _posterior_kernel(
     base, slope, log_u0, at_j, at_m = _posterior_row(coef_ptr, b, masked, p_notj, p_j)
 
     for k0 in range(0, K, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        valid = offs < K
-        x = tl.load(zrow + offs.to(tl.int64) * stride_zk, mask=valid, other=0.0).to(tl.float32)
+        offs, valid, x = _block(zrow, stride_zk, k0, K, 0.0, BLOCK_K)
         p = tl.maximum(tl.exp(x - lse), FLOOR)
         val = tl.log(base + slope * p) + log_u0
         val = tl.where((offs == j) & (~masked), at_j, val)

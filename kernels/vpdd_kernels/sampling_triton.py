@@ -36,10 +36,11 @@ from vpdd_kernels._jit_common import (
     FLOOR,
     LOG_FLOOR,
     N_COEF,
+    _block,
     _gumbel,
     _philox_uniform,
     _posterior_row,
-    _row_softmax_stats,
+    _token_row,
 )
 from vpdd_kernels.sampling import check_truncation_r
 
@@ -83,6 +84,15 @@ def _q_sample_kernel(
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=valid)
 
 
+def _noise_args(uniforms, shape: tuple[int, ...], dtype, generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' (uniforms, seed): injected uniforms and a dummy seed, or a dummy and a seed from ``generator``."""
+    if uniforms is None:
+        return torch.zeros(1, dtype=dtype, device=device), cm.draw_seed(generator, device)
+    if uniforms.shape != shape:
+        raise ValueError(f"uniforms: shape {tuple(uniforms.shape)}, expected {shape}")
+    return uniforms.to(device=device, dtype=dtype).contiguous(), torch.zeros(1, dtype=torch.int64, device=device)
+
+
 def q_sample(
     x0: torch.Tensor,
     coef: cm.StepCoefficients,
@@ -98,14 +108,7 @@ def q_sample(
     x0c = x0.contiguous()
     out = torch.empty_like(x0c)
     coefs = cm.pack_coefficients(coef, b, x0.device)
-    if uniforms is not None:
-        if uniforms.shape != (2, b, n):
-            raise ValueError(f"uniforms: shape {tuple(uniforms.shape)}, expected (2, {b}, {n})")
-        u = uniforms.to(device=x0.device, dtype=torch.float64).contiguous()
-        seed = torch.zeros(1, dtype=torch.int64, device=x0.device)
-    else:
-        u = torch.zeros(1, dtype=torch.float64, device=x0.device)
-        seed = cm.draw_seed(generator, x0.device)
+    u, seed = _noise_args(uniforms, (2, b, n), torch.float64, generator, x0.device)
     rows = b * n
     block = 1024
     _q_sample_kernel[(triton.cdiv(rows, block),)](
@@ -123,15 +126,9 @@ def _reverse_step_kernel(
     stride_xb, stride_xn,
     TRUNCATE: tl.constexpr, USE_UNIFORMS: tl.constexpr, MAX_ITERS: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    b = row // N
-    n = row % N
-    zrow = z_ptr + b * stride_zb + n * stride_zn
-    xt = tl.load(xt_ptr + b * stride_xb + n * stride_xn).to(tl.int64)
-    masked = xt == K
-    j = tl.where(masked, 0, xt)
-
-    m, s, s_notj = _row_softmax_stats(zrow, stride_zk, K, j, masked, BLOCK_K)
+    row, b, _, zrow, masked, j, m, s, s_notj = _token_row(
+        z_ptr, xt_ptr, N, K, stride_zb, stride_zn, stride_zk, stride_xb, stride_xn, BLOCK_K
+    )
     lse = m + tl.log(s)
     z_j = tl.load(zrow + j * stride_zk).to(tl.float32)
     p_j = tl.maximum(tl.exp(z_j - lse), FLOOR)
@@ -147,9 +144,7 @@ def _reverse_step_kernel(
             f = tl.zeros((), tl.float32)
             between = tl.zeros((), tl.int32)
             for k0 in range(0, K, BLOCK_K):
-                offs = k0 + tl.arange(0, BLOCK_K)
-                valid = offs < K
-                x = tl.load(zrow + offs.to(tl.int64) * stride_zk, mask=valid, other=float("-inf")).to(tl.float32)
+                offs, valid, x = _block(zrow, stride_zk, k0, K, float("-inf"), BLOCK_K)
                 p = tl.exp(x - lse)
                 f += tl.sum(tl.where(p > mid, p, 0.0), axis=0)
                 between += tl.sum(((p > lo) & (p < hi)).to(tl.int32), axis=0)
@@ -164,9 +159,7 @@ def _reverse_step_kernel(
         # kept mass without j (dropped classes keep the e^-70 floor, as the reference's -70)
         sx = tl.zeros((), tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            offs = k0 + tl.arange(0, BLOCK_K)
-            valid = offs < K
-            x = tl.load(zrow + offs.to(tl.int64) * stride_zk, mask=valid, other=float("-inf")).to(tl.float32)
+            offs, valid, x = _block(zrow, stride_zk, k0, K, float("-inf"), BLOCK_K)
             p = tl.exp(x - lse)
             pt = tl.where(p > lo, tl.maximum(p, FLOOR), FLOOR)
             sx += tl.sum(tl.where(valid & ((offs != j) | masked), pt, 0.0), axis=0)
@@ -184,9 +177,7 @@ def _reverse_step_kernel(
     best = tl.full((), float("-inf"), tl.float32)
     best_idx = tl.zeros((), tl.int64)
     for k0 in range(0, K, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        valid = offs < K
-        x = tl.load(zrow + offs.to(tl.int64) * stride_zk, mask=valid, other=float("-inf")).to(tl.float32)
+        offs, valid, x = _block(zrow, stride_zk, k0, K, float("-inf"), BLOCK_K)
         p = tl.exp(x - lse)
         if TRUNCATE:  # noqa: SIM108 (a constexpr branch inside a Triton kernel)
             p = tl.where(p > lo, tl.maximum(p, FLOOR), FLOOR)
@@ -232,14 +223,7 @@ def reverse_step(
     b, n, k = z.shape
     r = check_truncation_r(truncation_r)
     coefs = cm.pack_coefficients(coef, b, z.device)
-    if uniforms is not None:
-        if uniforms.shape != (b * n, k + 1):
-            raise ValueError(f"uniforms: shape {tuple(uniforms.shape)}, expected ({b * n}, {k + 1})")
-        u = uniforms.to(device=z.device, dtype=torch.float32).contiguous()
-        seed = torch.zeros(1, dtype=torch.int64, device=z.device)
-    else:
-        u = torch.zeros(1, dtype=torch.float32, device=z.device)
-        seed = cm.draw_seed(generator, z.device)
+    u, seed = _noise_args(uniforms, (b * n, k + 1), torch.float32, generator, z.device)
     out = torch.empty(b * n, dtype=torch.int64, device=z.device)
     blk = cm.block_k(k, block_k)
     _reverse_step_kernel[(b * n,)](

@@ -58,13 +58,9 @@ LOGIT_SCALE = 3.0
 TRUNCATION_R = 0.88
 
 
-def _prepare(shape: str, op: str, impl: str, device: str, seed: int) -> Callable[[], Any]:
-    """Seeded inputs for one case; returns the call to measure."""
-    sizes = dict(SHAPES[shape])
-    batch = sizes.pop("batch")
-    layout = TokenLayout(**sizes)
-    sched = MaskReplaceScheduler(layout, impl=impl, truncation_r=TRUNCATION_R, device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
+def seeded_problem(layout: TokenLayout, batch: int, gen: torch.Generator, device: str):
+    """(x0 global indices, video logits, action logits) of both benchmarks: x0 uniform over each modality's
+    codes, logits LOGIT_SCALE · N(0, 1) float32, drawn from ``gen`` in that order."""
     kv, ka = layout.n_video_codes, layout.n_action_bins
     x0 = torch.cat(
         [
@@ -75,6 +71,17 @@ def _prepare(shape: str, op: str, impl: str, device: str, seed: int) -> Callable
     )
     video = LOGIT_SCALE * torch.randn(batch, layout.n_video_tokens, kv, generator=gen, device=device)
     action = LOGIT_SCALE * torch.randn(batch, layout.n_action_tokens, ka, generator=gen, device=device)
+    return x0, video, action
+
+
+def _prepare(shape: str, op: str, impl: str, device: str, seed: int) -> Callable[[], Any]:
+    """Seeded inputs for one case; returns the call to measure."""
+    sizes = dict(SHAPES[shape])
+    batch = sizes.pop("batch")
+    layout = TokenLayout(**sizes)
+    sched = MaskReplaceScheduler(layout, impl=impl, truncation_r=TRUNCATION_R, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x0, video, action = seeded_problem(layout, batch, gen, device)
     noiser = MaskReplaceScheduler(layout, device=device)  # identical x_t for both implementations
     if op == "loss":
         t = torch.randint(0, sched.num_timesteps, (batch,), generator=gen, device=device)
@@ -103,7 +110,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time_case(run: Callable[[], Any], device: str, repeats: int) -> dict[str, float]:
+def timed_calls(run: Callable[[], Any], device: str, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU milliseconds of ``repeats`` calls after one warm-up (CUDA synchronised)."""
     run()
     _sync(device)
     wall, cpu = [], []
@@ -113,6 +121,29 @@ def _time_case(run: Callable[[], Any], device: str, repeats: int) -> dict[str, f
         _sync(device)
         wall.append((time.perf_counter() - w0) * 1e3)
         cpu.append((time.process_time() - c0) * 1e3)
+    return wall, cpu
+
+
+def cuda_peak_mb(run: Callable[[], Any]) -> float:
+    """MiB that one call adds to CUDA's ``max_memory_allocated`` on top of what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def write_result(out: Path, text: str) -> None:
+    """``text`` to ``out`` through a temporary sibling (a half-written result never has the final name)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+
+
+def _time_case(run: Callable[[], Any], device: str, repeats: int) -> dict[str, float]:
+    wall, cpu = timed_calls(run, device, repeats)
     q = statistics.quantiles(wall, n=5, method="inclusive") if len(wall) > 1 else [wall[0]] * 4
     return {
         "median_ms": statistics.median(wall),
@@ -144,15 +175,7 @@ def _measure_memory(case: dict[str, Any], threads: int) -> dict[str, Any]:
     if case["device"] == "cuda":
         run = _prepare(case["shape"], case["op"], case["impl"], "cuda", case["seed"])
         run()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        run()
-        torch.cuda.synchronize()
-        return {
-            "peak_mb": (torch.cuda.max_memory_allocated() - before) / 2**20,
-            "memory_method": "cuda max_memory_allocated delta",
-        }
+        return {"peak_mb": cuda_peak_mb(run), "memory_method": "cuda max_memory_allocated delta"}
     env = {
         **os.environ,
         "MALLOC_MMAP_THRESHOLD_": "65536",
@@ -264,10 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     result["load_average_end"] = list(os.getloadavg())
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    write_result(out, json.dumps(result, indent=2) + "\n")
     log.info("wrote %s", out)
     return 0
 

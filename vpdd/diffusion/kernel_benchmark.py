@@ -28,15 +28,14 @@ import argparse
 import itertools
 import json
 import logging
-import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vpdd.diffusion.benchmark import cuda_peak_mb, seeded_problem, timed_calls, write_result
 from vpdd.diffusion.layout import TokenLayout
 from vpdd.diffusion.scheduler import MaskReplaceScheduler
 
@@ -52,23 +51,11 @@ TRUNCATION_R = 0.88
 DEFAULT_OUT = Path("benchmarks/results")
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _inputs(b: int, n: int, k: int, dtype: torch.dtype, device: str, seed: int = 0) -> dict[str, Any]:
     layout = TokenLayout(k, K_ACTION, n, N_ACTION)
     g = torch.Generator(device=device).manual_seed(seed)
-    x0 = torch.cat(
-        [
-            torch.randint(0, k, (b, n), generator=g, device=device),
-            torch.randint(k, k + K_ACTION, (b, N_ACTION), generator=g, device=device),
-        ],
-        dim=1,
-    )
-    zv = (3 * torch.randn(b, n, k, generator=g, device=device)).to(dtype)
-    za = (3 * torch.randn(b, N_ACTION, K_ACTION, generator=g, device=device)).to(dtype)
+    x0, zv, za = seeded_problem(layout, b, g, device)
+    zv, za = zv.to(dtype), za.to(dtype)
     t = torch.randint(0, 100, (b,), generator=g, device=device)
     noiser = MaskReplaceScheduler(layout, device=device, kernel_impl="torch")
     xt = noiser.add_noise(x0, t, g)
@@ -121,12 +108,10 @@ def _callables(op: str, provider: str, inp: dict[str, Any], device: str) -> dict
         if provider == "compile":
             post, step, noise, loss_fn = (torch.compile(f, dynamic=False) for f in (post, step, noise, loss_fn))
     zv, za, xt, t, x0 = inp["zv"], inp["za"], inp["xt"], inp["t"], inp["x0"]
-    if op == "posterior":
-        return {"fwd": lambda: post(zv, za, xt, t)}
-    if op == "reverse_step":
-        return {"fwd": lambda: step(zv, za, xt, t)}
-    if op == "q_sample":
-        return {"fwd": lambda: noise(x0, t)}
+    forward_only = {"posterior": lambda: post(zv, za, xt, t), "reverse_step": lambda: step(zv, za, xt, t),
+                    "q_sample": lambda: noise(x0, t)}
+    if op in forward_only:
+        return {"fwd": forward_only[op]}
     lv, la = zv.detach().clone().requires_grad_(), za.detach().clone().requires_grad_()
     state: dict[str, torch.Tensor] = {}
 
@@ -150,25 +135,13 @@ def _time(fn: Callable[[], Any], device: str, repeats: int, warmup_ms: int, rep_
         from triton.testing import do_bench
 
         return list(do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8]))
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
+    times = timed_calls(fn, device, repeats)[0]
     q = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
     return [statistics.median(times), q[1], q[7]]
 
 
 def _peak_mb(fn: Callable[[], Any], device: str) -> float | None:
-    if device != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
+    return cuda_peak_mb(fn) if device == "cuda" else None
 
 
 def copy_bandwidth_gbps(device: str) -> float | None:
@@ -329,10 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or DEFAULT_OUT / f"kernels_{'gpu' if args.device == 'cuda' else 'cpu'}.json"
     record = run(args)
     record["command"] = "vpdd bench kernels " + " ".join(argv or [])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, out)
+    write_result(out, json.dumps(record, indent=1))
     log.info("wrote %s", out)
     if plot(record, out.with_suffix(".png")):
         log.info("wrote %s", out.with_suffix(".png"))

@@ -169,14 +169,19 @@ class MaskReplaceScheduler:
         """q_sample: x0 (B, N) clean global indices -> x_t (B, N)."""
         if self.impl == "reference":
             return self.reference.q_sample(x0, t, generator)
-        out = torch.empty_like(x0)
+        return self._per_modality(
+            x0,
+            lambda m, local: self.kernels(x0).q_sample(
+                local, self.tables.coefficients(t, t - 1, m), self.layout.n_codes(m), generator
+            ),
+        )
+
+    def _per_modality(self, x: torch.Tensor, op: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Global indices (B, N): ``op(m, local indices of x in modality m)`` for the video, then the actions."""
+        out = torch.empty_like(x)
         for m in (VIDEO, ACTION):
             pos = self.layout.positions(m)
-            coef = self.tables.coefficients(t, t - 1, m)
-            local = self.kernels(x0).q_sample(
-                self.layout.to_local(x0[:, pos], m), coef, self.layout.n_codes(m), generator
-            )
-            out[:, pos] = self.layout.from_local(local, m)
+            out[:, pos] = self.layout.from_local(op(m, self.layout.to_local(x[:, pos], m)), m)
         return out
 
     def _action_logits(self, video_logits: torch.Tensor, action_logits: torch.Tensor | None) -> torch.Tensor:
@@ -312,19 +317,13 @@ class MaskReplaceScheduler:
         action_logits = self._action_logits(video_logits, action_logits)
         if self.impl == "reference":
             return self.reference.reverse_step(video_logits, action_logits, x_t, t, t_prev, r, generator)
-        out = torch.empty_like(x_t)
         logits = (video_logits, action_logits)
-        for m in (VIDEO, ACTION):
-            pos = self.layout.positions(m)
-            local = self.kernels(logits[m]).reverse_step(
-                logits[m],
-                self.layout.to_local(x_t[:, pos], m),
-                self.tables.coefficients(t, t_prev, m),
-                r,
-                generator,
-            )
-            out[:, pos] = self.layout.from_local(local, m)
-        return out
+        return self._per_modality(
+            x_t,
+            lambda m, local: self.kernels(logits[m]).reverse_step(
+                logits[m], local, self.tables.coefficients(t, t_prev, m), r, generator
+            ),
+        )
 
     def timesteps(self, stride: int | None = None) -> list[tuple[int, int]]:
         """(t, t_prev) pairs of the reverse chain: T-1, T-1-s, ...; the last one jumps to -1 (clean)."""

@@ -18,7 +18,6 @@ Training code attaches a record to a checkpoint with::
 """
 
 from vpdd.lineage.dvcfiles import (
-    DATA_DVC,
     StageInfo,
     data_md5,
     data_version,
@@ -32,22 +31,17 @@ from vpdd.lineage.dvcfiles import (
 )
 from vpdd.lineage.history import find_outputs_for_data
 from vpdd.lineage.record import (
-    FLOW_RUN_ENV,
-    SCHEMA,
     UPSTREAM_OUTPUTS,
-    VERSION_PACKAGES,
     build_lineage,
-    canonical_json,
     check_against_lock,
     flow_run_id,
     index_digest,
     params_digest,
     robot_data_source,
 )
-from vpdd.lineage.render import chain_lines, lineage_markdown, lineage_text, output_lineage_markdown, outputs_markdown
+from vpdd.lineage.render import lineage_text, outputs_markdown
 from vpdd.lineage.storage import (
     LINEAGE_FILE,
-    METADATA_KEY,
     WEIGHTS_FILE,
     compare_records,
     lineage_from_metadata,
@@ -57,13 +51,11 @@ from vpdd.lineage.storage import (
     safetensors_metadata,
 )
 
+# what callers use through the package; the rest is imported from the modules themselves
 __all__ = [
-    "DATA_DVC", "FLOW_RUN_ENV", "LINEAGE_FILE", "METADATA_KEY", "SCHEMA", "UPSTREAM_OUTPUTS", "VERSION_PACKAGES",
-    "WEIGHTS_FILE", "StageInfo", "build_lineage", "canonical_json", "chain_lines", "check_against_lock",
+    "LINEAGE_FILE", "UPSTREAM_OUTPUTS", "WEIGHTS_FILE", "StageInfo", "build_lineage", "check_against_lock",
     "compare_records", "data_md5", "data_version", "find_outputs_for_data", "find_repo_root", "flow_run_id",
-    "index_digest", "lineage_from_metadata", "lineage_markdown", "lineage_metadata", "lineage_sources",
-    "lineage_text", "lock_outputs", "lock_stage_for", "lookup", "output_lineage_markdown", "outputs_markdown",
-    "params_digest", "pipeline_stages", "read_dvc_lock", "read_lineage", "safetensors_metadata",
-    "upstream_stages",
-    "robot_data_source",
+    "index_digest", "lineage_from_metadata", "lineage_metadata", "lineage_sources", "lineage_text", "lock_outputs",
+    "lock_stage_for", "lookup", "outputs_markdown", "params_digest", "pipeline_stages", "read_dvc_lock",
+    "read_lineage", "robot_data_source", "safetensors_metadata", "upstream_stages",
 ]

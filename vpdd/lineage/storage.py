@@ -21,6 +21,17 @@ WEIGHTS_FILE = "model.safetensors"  # vpdd.runtime.checkpoint.WEIGHTS_NAME
 METADATA_KEY = "vpdd.lineage"
 
 
+def _leaves(prefix: str, node: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``{dotted key: value}`` of the leaves of nested dicts (an empty dict is a leaf), below ``prefix``."""
+    out = {} if out is None else out
+    if isinstance(node, dict) and node:
+        for k, v in node.items():
+            _leaves(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = node
+    return out
+
+
 def lineage_metadata(record: dict[str, Any]) -> dict[str, str]:
     """The record as a flat ``str -> str`` dict for ``safetensors`` metadata.
 
@@ -28,16 +39,8 @@ def lineage_metadata(record: dict[str, Any]) -> dict[str, str]:
     other keys (``vpdd.lineage.data.md5``, ``vpdd.lineage.git.commit``, ...) are its leaves, dotted, for a
     quick look with any safetensors reader. Strings stay as they are; other values are JSON (null -> "null").
     """
-    flat: dict[str, str] = {METADATA_KEY: canonical_json(record)}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                walk(f"{prefix}.{k}", v)
-        else:
-            flat[prefix] = node if isinstance(node, str) else canonical_json(node)
-
-    walk(METADATA_KEY, record)
+    flat = {METADATA_KEY: canonical_json(record)}
+    flat.update((k, v if isinstance(v, str) else canonical_json(v)) for k, v in _leaves(METADATA_KEY, record).items())
     return flat
 
 
@@ -90,20 +93,10 @@ def lineage_sources(directory: str | os.PathLike) -> dict[str, dict[str, Any] | 
             WEIGHTS_FILE: _weights_record(weights) if weights.is_file() else None}
 
 
-def _leaves(prefix: str, node: Any, out: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(node, dict) and node:
-        for k, v in node.items():
-            _leaves(f"{prefix}.{k}" if prefix else str(k), v, out)
-    else:
-        out[prefix] = node
-    return out
-
-
 def compare_records(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = (LINEAGE_FILE, WEIGHTS_FILE)
                     ) -> list[str]:
     """Where two lineage records differ, one line per dotted key (empty when they are the same)."""
-    la = _leaves("", json.loads(canonical_json(a)), {})
-    lb = _leaves("", json.loads(canonical_json(b)), {})
+    la, lb = (_leaves("", json.loads(canonical_json(r))) for r in (a, b))
     missing = object()
     lines = []
     for key in sorted(set(la) | set(lb)):

@@ -55,7 +55,42 @@ def gpt2_backbone(seq_len: int, d: int, n_layer: int, n_head: int, n_inner: int,
     return gpt
 
 
-class ActionNet(nn.Module):
+def mlp3(d_in: int, d: int) -> nn.Sequential:
+    """``Linear(d_in, d) -> Mish -> Linear(d, d) -> Mish -> Linear(d, d)`` (the released token embeddings)."""
+    return nn.Sequential(nn.Linear(d_in, d), nn.Mish(), nn.Linear(d, d), nn.Mish(), nn.Linear(d, d))
+
+
+def head(d: int, n_bins: int) -> nn.Sequential:
+    """``Linear(d, d) -> Mish -> Linear(d, n_bins)``: an action dimension's logits."""
+    return nn.Sequential(nn.Linear(d, d), nn.Mish(), nn.Linear(d, n_bins))
+
+
+class GPT2ActionTrunk(nn.Module):
+    """What the action networks share: the conditioning (``prompt_embed``, ``time_embed``, ``pos_emb``,
+    ``in_norm``) and the GPT-2 (``gpt``) over ``[t, prompt, features, actions]``; the subclass builds its
+    embeddings first, then calls :meth:`_build_trunk`, then its heads (the order fixes the initialisation)."""
+
+    n_action_tokens: int
+
+    def _build_trunk(self, lang_dim: int, d: int, seq_len: int, n_layer: int, n_head: int, n_inner: int,
+                     dropout: float) -> None:
+        self.prompt_embed = prompt_mlp(lang_dim, d)
+        self.time_embed = time_mlp(d)
+        self.pos_emb = nn.Parameter(torch.zeros(1, seq_len, d))
+        self.in_norm = nn.LayerNorm(d)
+        self.gpt = gpt2_backbone(seq_len, d, n_layer, n_head, n_inner, dropout)
+
+    def _trunk(self, t: torch.Tensor, lang: torch.Tensor, feats: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+        """The GPT-2 outputs at the action positions, (B, chunk, action_dim, d)."""
+        prompt = self.prompt_embed(lang)
+        temb = self.time_embed(t)
+        seq = torch.cat([temb[:, None], prompt[:, None], feats.to(acts.dtype), acts], dim=1)
+        seq = condition(seq, prompt, temb, self.pos_emb, self.in_norm)
+        out = self.gpt(inputs_embeds=seq).last_hidden_state[:, -self.n_action_tokens :]
+        return out.reshape(acts.shape[0], self.chunk, self.action_dim, -1)
+
+
+class ActionNet(GPT2ActionTrunk):
     def __init__(
         self,
         n_bins: int,
@@ -83,18 +118,10 @@ class ActionNet(nn.Module):
         self.n_video_tokens = n_video_tokens
         seq_len = 2 + n_video_tokens + self.n_action_tokens
         d = n_embd
-        self.embed_action = nn.Sequential(
-            nn.Linear(1, d), nn.Mish(), nn.Linear(d, d), nn.Mish(), nn.Linear(d, d)
-        )
+        self.embed_action = mlp3(1, d)
         self.embed_foresight = nn.Identity() if video_dim == d else nn.Linear(video_dim, d)
-        self.prompt_embed = prompt_mlp(lang_dim, d)
-        self.time_embed = time_mlp(d)
-        self.pos_emb = nn.Parameter(torch.zeros(1, seq_len, d))
-        self.in_norm = nn.LayerNorm(d)
-        self.gpt = gpt2_backbone(seq_len, d, n_layer, n_head, n_inner, dropout)
-        self.heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(d, d), nn.Mish(), nn.Linear(d, n_bins)) for _ in range(action_dim)
-        )
+        self._build_trunk(lang_dim, d, seq_len, n_layer, n_head, n_inner, dropout)
+        self.heads = nn.ModuleList(head(d, n_bins) for _ in range(action_dim))
 
     def forward(
         self, x_action: torch.Tensor, t: torch.Tensor, lang: torch.Tensor, h: torch.Tensor,
@@ -116,11 +143,6 @@ class ActionNet(nn.Module):
                 raise ValueError(f"ActionNet(history_input=True): expected history embeddings (B, {h.shape[1]}, "
                                  f"D), got {None if history is None else tuple(history.shape)}")
             fore = fore + self.embed_history(history.to(fore.dtype))
-        prompt = self.prompt_embed(lang)
-        temb = self.time_embed(t)
-        seq = torch.cat([temb[:, None], prompt[:, None], fore.to(acts.dtype), acts], dim=1)
-        seq = condition(seq, prompt, temb, self.pos_emb, self.in_norm)
-        out = self.gpt(inputs_embeds=seq).last_hidden_state[:, -self.n_action_tokens :]
-        out = out.reshape(b, self.chunk, self.action_dim, -1)
+        out = self._trunk(t, lang, fore, acts)
         logits = torch.stack([head(out[:, :, j]) for j, head in enumerate(self.heads)], dim=2)
         return logits.reshape(b, self.n_action_tokens, self.n_bins)

@@ -33,14 +33,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vpdd.models.action_net import gpt2_backbone
-from vpdd.models.layers import condition, prompt_mlp, time_mlp
+from vpdd.models.action_net import GPT2ActionTrunk, head, mlp3
 from vpdd.models.model import register_action_net
 
 POSE_DIMS = 7  # x, y, z, rx, ry, rz, gripper open
 
 
-class MultiViewActionNet(nn.Module):
+class MultiViewActionNet(GPT2ActionTrunk):
     needs_history = True  # VPDDModel passes the history's codebook embeddings
 
     def __init__(
@@ -87,19 +86,12 @@ class MultiViewActionNet(nn.Module):
             self.embed_history = nn.Linear(code_dim, d) if history_input else None
             n_feat = views * t_ * (h_ // self.pool) * (w_ // self.pool)
         else:
-            self.embed_video = nn.Sequential(
-                nn.Linear(views * code_dim, d), nn.Mish(), nn.Linear(d, d), nn.Mish(), nn.Linear(d, d)
-            )
+            self.embed_video = mlp3(views * code_dim, d)
             self.embed_history = None  # the features are the current views already
             n_feat = self.grid_tokens
         seq_len = 2 + n_feat + self.n_action_tokens
-        self.prompt_embed = prompt_mlp(lang_dim, d)
-        self.time_embed = time_mlp(d)
-        self.pos_emb = nn.Parameter(torch.zeros(1, seq_len, d))
-        self.in_norm = nn.LayerNorm(d)
-        self.gpt = gpt2_backbone(seq_len, d, n_layer, n_head, n_inner, dropout)
-        self.head_trans = nn.Sequential(nn.Linear(d, d), nn.Mish(), nn.Linear(d, n_bins))
-        self.head_rot = nn.Sequential(nn.Linear(d, d), nn.Mish(), nn.Linear(d, n_bins))
+        self._build_trunk(lang_dim, d, seq_len, n_layer, n_head, n_inner, dropout)
+        self.head_trans, self.head_rot = head(d, n_bins), head(d, n_bins)
         self.head_grip = nn.Linear(d, n_bins)
 
     def video_features(self, h: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -136,13 +128,7 @@ class MultiViewActionNet(nn.Module):
         if not self.foresight and history is None:
             raise ValueError("MultiViewActionNet(foresight=False) reads the current views: pass history")
         acts = self.embed_action(x_action.clamp(0, self.n_bins))
-        video = self.video_features(h, history)
-        prompt = self.prompt_embed(lang)
-        temb = self.time_embed(t)
-        seq = torch.cat([temb[:, None], prompt[:, None], video.to(acts.dtype), acts], dim=1)
-        seq = condition(seq, prompt, temb, self.pos_emb, self.in_norm)
-        out = self.gpt(inputs_embeds=seq).last_hidden_state[:, -self.n_action_tokens :]
-        out = out.reshape(b, self.chunk, self.action_dim, -1)
+        out = self._trunk(t, lang, self.video_features(h, history), acts)
         logits = torch.cat([self.head_trans(out[:, :, 0:3]), self.head_rot(out[:, :, 3:6]),
                             self.head_grip(out[:, :, 6:7])], dim=2)
         return logits.reshape(b, self.n_action_tokens, self.n_bins)

@@ -33,7 +33,7 @@ from vpdd.data.episodes import DataFormatError
 from vpdd.rlbench import network as _network  # noqa: F401  (registers the "multiview" action network)
 from vpdd.rlbench.keyframes import PoseActionCoder, discover_keyframes, keyframe_targets
 from vpdd.tokenizer.cache import TokenCache, TokenSource
-from vpdd.train.datasets import SequenceBatch, _rng
+from vpdd.train.datasets import SequenceBatch, _flat, _PairsData, _PerTaskData, _rng
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +92,12 @@ class MultiViewPairs:
 
     def tokens(self, rows: np.ndarray) -> torch.Tensor:
         """(k, V) rows -> (k, V * grid) int64: the views one after another."""
-        return torch.from_numpy(self.source.tokens[rows].reshape(len(rows), -1).astype(np.int64))
+        return _flat(self.source.tokens, rows)
 
 
-class _MultiViewData:
+class _MultiViewData(_PairsData):
     pairs: MultiViewPairs
-    n_action_tokens: int
     views: int
-
-    def texts(self) -> list[str]:
-        return sorted(set(self.pairs.texts))
-
-    def bind(self, index: dict[str, int]) -> None:
-        self.ids = np.asarray([index[t] for t in self.pairs.texts], dtype=np.int64)
 
     def _actions(self, rows: np.ndarray) -> torch.Tensor:
         return torch.zeros(len(rows), self.n_action_tokens, dtype=torch.long)
@@ -134,7 +127,7 @@ class MultiViewPretrainData(_MultiViewData):
         return self._take(rng.choice(len(self.pairs), size=min(n, len(self.pairs)), replace=False))
 
 
-class KeyframeFinetuneData(_MultiViewData):
+class KeyframeFinetuneData(_MultiViewData, _PerTaskData):
     """Multi-view sequences with keyframe actions of ``demos_per_task`` episodes of each task."""
 
     def __init__(self, cache: TokenCache, data_root: str | Path, rlb, coder: PoseActionCoder | None = None):
@@ -186,17 +179,6 @@ class KeyframeFinetuneData(_MultiViewData):
 
     def _actions(self, rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.action_bins[rows])
-
-    def _spread(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        k = len(self.tasks)
-        tasks = rng.permutation(np.tile(np.arange(k), -(-n // k)))[:n]
-        return np.asarray([rng.choice(self.rows_of_task[t]) for t in tasks], dtype=np.int64)
-
-    def batch(self, batch_size: int, seed: int, rank: int, step: int, micro: int) -> SequenceBatch:
-        return self._take(self._spread(_rng(seed, rank, step, micro), batch_size))
-
-    def eval_batch(self, n: int, seed: int) -> SequenceBatch:
-        return self._take(self._spread(np.random.default_rng([seed, 99991]), n))
 
     def describe(self) -> dict[str, Any]:
         r = self.rlb

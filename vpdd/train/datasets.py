@@ -87,6 +87,31 @@ class _Data:
         raise NotImplementedError
 
 
+class _PairsData(_Data):
+    """Data of one pair set ``self.pairs`` (with per-pair ``texts``) and its batch ``_take(rows)``."""
+
+    def texts(self) -> list[str]:
+        return sorted(set(self.pairs.texts))
+
+    def bind(self, index: dict[str, int]) -> None:
+        self.ids = np.asarray([index[t] for t in self.pairs.texts], dtype=np.int64)
+
+
+class _PerTaskData(_PairsData):
+    """Batches spread evenly over ``self.tasks`` (each task's rows in ``self.rows_of_task``)."""
+
+    def _spread(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        k = len(self.tasks)
+        tasks = rng.permutation(np.tile(np.arange(k), -(-n // k)))[:n]
+        return np.asarray([rng.choice(self.rows_of_task[t]) for t in tasks], dtype=np.int64)
+
+    def batch(self, batch_size: int, seed: int, rank: int, step: int, micro: int) -> SequenceBatch:
+        return self._take(self._spread(_rng(seed, rank, step, micro), batch_size))
+
+    def eval_batch(self, n: int, seed: int) -> SequenceBatch:
+        return self._take(self._spread(np.random.default_rng([seed, 99991]), n))
+
+
 class PretrainData(_Data):
     """Actionless sequences: robot pairs (offset ``future_offset``) and corpus pairs (``corpus_pair_offset``)."""
 
@@ -144,7 +169,7 @@ class PretrainData(_Data):
                                             replace=False) for name, k in self.counts(n).items()})
 
 
-class FinetuneData(_Data):
+class FinetuneData(_PerTaskData):
     """Action-labelled robot sequences of the fine-tuning tasks, ``demos_per_task`` episodes each."""
 
     def __init__(self, cache: TokenCache, robot_root: str | Path, tasks: list[str], demos_per_task: int,
@@ -192,27 +217,10 @@ class FinetuneData(_Data):
         log.info("fine-tuning data: %d tasks x %d demonstrations, %d sequences", len(tasks), demos_per_task,
                  len(self.pairs))
 
-    def texts(self) -> list[str]:
-        return sorted(set(self.pairs.texts))
-
-    def bind(self, index: dict[str, int]) -> None:
-        self.ids = np.asarray([index[t] for t in self.pairs.texts], dtype=np.int64)
-
     def _take(self, rows: np.ndarray) -> SequenceBatch:
         p = self.pairs
         return SequenceBatch(_flat(p.source.tokens, p.hist[rows]), _flat(p.source.tokens, p.tgt[rows]),
                              torch.from_numpy(self.action_bins[rows]), torch.from_numpy(self.ids[rows]))
-
-    def _spread(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        k = len(self.tasks)
-        tasks = rng.permutation(np.tile(np.arange(k), -(-n // k)))[:n]
-        return np.asarray([rng.choice(self.rows_of_task[t]) for t in tasks], dtype=np.int64)
-
-    def batch(self, batch_size: int, seed: int, rank: int, step: int, micro: int) -> SequenceBatch:
-        return self._take(self._spread(_rng(seed, rank, step, micro), batch_size))
-
-    def eval_batch(self, n: int, seed: int) -> SequenceBatch:
-        return self._take(self._spread(np.random.default_rng([seed, 99991]), n))
 
     def describe(self) -> dict[str, Any]:
         return {"tasks": self.tasks, "episodes": [str(e["path"]) for e in self.entries],
