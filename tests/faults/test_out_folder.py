@@ -83,6 +83,24 @@ def test_every_folder_writing_command_refuses_a_foreign_folder(argv, tmp_path, r
     assert code == 2 and str(out) in err and (out / "notes.txt").read_text() == "mine", err
 
 
+def test_render_corpus_never_replaces_a_folder_of_real_videos(tmp_path, repo_root):
+    """A folder of someone's videos is not the renderer's output just because it holds mp4 files; a folder
+    holding only what the renderer writes is."""
+    out = tmp_path / "videos"
+    out.mkdir()
+    (out / "holiday.mp4").write_bytes(b"not ours")
+    code, err = run_cli("data", "render-corpus", "--out", out, "--params", _params(repo_root))
+    assert code == 2 and (out / "holiday.mp4").read_bytes() == b"not ours"
+    assert "did not write" in err, err
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "reach-v3_000.mp4").write_bytes(b"")
+    (ours / "reach-v3_000.txt").write_text("Reach the goal.\n")
+    from vpdd.data.collect import _rendered_corpus
+
+    check_output_dir(ours, marker=_rendered_corpus)  # no error
+
+
 def test_a_file_or_symlink_as_out_is_refused(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
