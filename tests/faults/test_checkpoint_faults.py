@@ -30,9 +30,9 @@ from vpdd.runtime.checkpoint import (
 
 WRITER = """
 import sys, torch
-from vpdd.runtime.checkpoint import save_checkpoint
+from vpdd.runtime.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 out = sys.argv[1]
-step = 0
+step = load_checkpoint(out).meta["step"] if has_checkpoint(out) else 0  # a restarted writer continues
 print("ready", flush=True)
 while True:
     step += 1
