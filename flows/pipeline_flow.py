@@ -59,9 +59,30 @@ def stage_flow_body(stages: list[str], overrides: list[str] | None, exp_name: st
     return {**run, "artifacts": keys}
 
 
+PARAMETER_DOCS = {
+    "overrides": "list of strings, optional. params.yaml overrides as `key=value`, e.g. `pretrain.steps=50`; "
+                 "with any, the run is a named DVC experiment (`dvc exp run -S key=value ...`). Empty: `dvc repro`.",
+    "exp_name": "string, optional. The DVC experiment's name when there are overrides (default: this flow "
+                "run's name).",
+    "targets": "list of strings, optional. Run only these DVC stages and what they depend on, e.g. `evaluate` "
+               "or `bench_predict@rlbench` (a matrix stage's own name means all its entries). Empty: all stages.",
+    "force": "boolean. Re-run the stages even if DVC finds them up to date (`-f`).",
+    "fetch": "boolean. First make data/ match data.dvc (`vpdd data fetch`; idempotent).",
+    "push": "boolean. `dvc push` the outputs afterwards.",
+}
+
+
+def _docstring(description: str, names: list[str]) -> str:
+    """The flow's docstring: its description, then an ``Args:`` section Prefect turns into the parameter
+    descriptions of the deployment's Custom run form. Each starts with the type: the form shows none for an
+    optional one (``list[str] | None`` is an anyOf of array and null in the schema)."""
+    args = "\n".join(f"    {n}: {PARAMETER_DOCS[n]}" for n in names)
+    return f"{description}\n\nArgs:\n{args}\n"
+
+
 def dvc_flow(name: str, stages: list[str] | None, description: str, evaluation: bool = False) -> Flow:
     """The flow ``name`` over the DVC ``stages``; ``stages=None`` makes the pipeline flow, whose ``targets``
-    parameter chooses the stages (all when empty). ``evaluation`` adds the success table and video links."""
+    parameter chooses the stages (all when empty). ``evaluation`` adds the success table and video cards."""
     if stages is None:
 
         def run(overrides: list[str] | None = None, exp_name: str | None = None, targets: list[str] | None = None,
@@ -75,7 +96,7 @@ def dvc_flow(name: str, stages: list[str] | None, description: str, evaluation: 
 
     # The entrypoint Prefect records is <this file>:<__qualname__>: the module attribute holding the flow.
     run.__name__ = run.__qualname__ = name.removeprefix("vpdd-").replace("-", "_") + "_flow"
-    run.__doc__ = description
+    run.__doc__ = _docstring(description, [n for n in run.__code__.co_varnames[: run.__code__.co_argcount]])
     return flow(name=name, description=description, log_prints=True)(run)
 
 
