@@ -199,7 +199,7 @@ def publish_eval(repo: Path = REPO) -> list[str]:
         create_table_artifact(rows, key=key, description=f"Per-task success rate (95% CI) from `{rel}`")
         keys.append(key)
     # The rollout videos: the evaluate stage's folder outputs only (its figures came with its plots).
-    for rel in known["evaluate"].outs if "evaluate" in known else []:
+    for rel in known["evaluate"].outs if "evaluate" in known else ["results/eval/videos"]:
         if (repo / rel).is_dir():
             keys += publish_files(repo, rel, "rollout video")
     return keys
