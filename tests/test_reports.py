@@ -1,4 +1,4 @@
-"""Metrics files hold metrics: the run's description goes to a sidecar DVC does not read (vpdd.utils.records)."""
+"""What a person reads: metrics files that hold metrics (the run described in a sidecar), offline plots."""
 
 from __future__ import annotations
 
@@ -30,3 +30,18 @@ def test_eval_compare_reads_timing_from_the_sidecar_in_a_git_revision(tmp_path, 
     subprocess.run([*git, "commit", "-qm", "m"], check=True)
     assert read_metrics("HEAD:metrics.json")["timing"]["s_per_env_step"] == 0.25
     assert read_metrics("metrics.json")["timing"]["s_per_env_step"] == 0.25
+
+
+def test_dvc_plots_page_needs_no_network(repo_root):
+    """`dvc plots show` fills the template of .dvc/config's plots.html_template: it must load no script from
+    outside (Vega, Vega-Lite and vega-embed inlined) and have DVC's plots placeholder."""
+    import configparser
+    import re
+
+    cfg = configparser.ConfigParser()
+    cfg.read(repo_root / ".dvc" / "config")
+    template = (repo_root / ".dvc" / cfg["plots"]["html_template"]).read_text()
+    assert "{plot_divs}" in template and "{scripts}" not in template  # no placeholder for DVC's CDN tags
+    assert not re.search(r"<script[^>]+src=", template)
+    assert all(f"{name}@" in template or name in template for name in ("vega 5", "vega-lite 5", "vega-embed 6"))
+    assert "dvc_plots/" in (repo_root / ".gitignore").read_text().split()
