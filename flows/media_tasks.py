@@ -14,6 +14,7 @@ import base64
 import hashlib
 import io
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -68,9 +69,9 @@ def browser_video(path: Path) -> bytes:
             out = dst.add_stream("libvpx-vp9", rate=rate)
             out.width, out.height, out.pix_fmt = ins.codec_context.width, ins.codec_context.height, "yuv420p"
             out.options = {"deadline": "realtime", "cpu-used": "8", "crf": "30", "b": "0"}
-            for frame in src.decode(ins):
+            for i, frame in enumerate(src.decode(ins)):
                 frame = frame.reformat(format="yuv420p")
-                frame.pts = None
+                frame.pts, frame.time_base = i, 1 / Fraction(rate)  # frame i at i / rate seconds
                 for packet in out.encode(frame):
                     dst.mux(packet)
             for packet in out.encode():

@@ -279,7 +279,8 @@ def test_media_cards_embed_images_and_browser_playable_video(media_tasks, tmp_pa
     webm.write_bytes(base64.b64decode(m[1]))
     with av.open(str(webm)) as c:
         assert c.streams.video[0].codec_context.name in ("vp9", "libvpx-vp9")
-        assert sum(1 for _ in c.decode(video=0)) == 6
+        times = [float(f.time) for f in c.decode(video=0)]
+    assert len(times) == 6 and times == sorted(set(times)) and abs(times[-1] - 5 / 20) < 1e-6  # 20 fps kept
     media_tasks.EMBED_LIMIT, limit = 10, media_tasks.EMBED_LIMIT
     try:
         card = media_tasks.media_markdown(tmp_path, png, "stage `pretrain`")
