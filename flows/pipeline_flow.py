@@ -3,8 +3,9 @@ by one factory, :func:`dvc_flow`.
 
 Every flow does the same (:func:`stage_flow_body`): ``vpdd data fetch`` first (idempotent,
 retried), then ``dvc repro STAGES`` (or, with ``overrides``, ``dvc exp run -n EXP -S key=value ... STAGES``),
-then a metrics table per stage, links to plots, the per-task success table where evaluation results exist,
-the lineage markdown, and optionally ``dvc push``. They differ only in the stages they run:
+then a metrics table per stage, a card per figure and curve folder (embedded, flows/media_tasks.py), the
+per-task success table and a card per rollout video where evaluation results exist, the lineage markdown,
+and optionally ``dvc push``. They differ only in the stages they run:
 
 ==================  =======================================  ==========================================
 flow                stages                                    parameters
@@ -45,7 +46,7 @@ def stage_flow_body(stages: list[str], overrides: list[str] | None, exp_name: st
     - ``force``: re-run the stages even if DVC finds them up to date (``-f``);
     - ``fetch``: first make data/ match data.dvc (``vpdd data fetch``; idempotent, retried);
     - ``push``: ``dvc push`` afterwards (retried);
-    - ``evaluation``: also publish the per-task success table and rollout-video links.
+    - ``evaluation``: also publish the per-task success table and the rollout-video cards.
     """
     if fetch:
         fetch_data(repo)
@@ -118,8 +119,8 @@ finetune_flow = dvc_flow(
     "its lineage appears in the run's `lineage` artifact).")
 evaluate_flow = dvc_flow(
     "vpdd-evaluate", ["evaluate"],
-    "Evaluation: DVC stage evaluate, then the per-task success table (`success-*` artifact) and links to the "
-    "rollout videos.", evaluation=True)
+    "Evaluation: DVC stage evaluate, then the per-task success table (`success-*` artifact) and the rollout "
+    "videos, embedded (`media-*` artifacts).", evaluation=True)
 pipeline_flow = dvc_flow(
     "vpdd-pipeline", None,
     "The whole DVC pipeline (`dvc repro`, or a named `dvc exp run` with overrides), then its artifacts. "
