@@ -1,21 +1,24 @@
-"""Tasks that publish what a run produced as Prefect artifacts: a metrics table per stage, links to plots and
-rollout videos, the per-task success table, and the run's lineage markdown. They read files; they run nothing.
+"""Tasks that publish what a run produced as Prefect artifacts, in pipeline order: per stage a metrics table
+and one card per figure (embedded, flows/media_tasks.py) or per curve folder (drawn as one chart); then the
+per-task success table and one card per rollout video; last the run's lineage markdown. They read files;
+they run nothing.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 from dvc_tasks import REPO, artifact_key, stage_names
+from media_tasks import media_files, media_markdown
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 MAX_TABLE_ROWS = 200
-MEDIA_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".mp4", ".webm", ".html")
 
 
 def _flatten(prefix: str, node: Any, rows: list[tuple[str, Any]]) -> None:
@@ -28,16 +31,79 @@ def _flatten(prefix: str, node: Any, rows: list[tuple[str, Any]]) -> None:
         rows.append((prefix, node if isinstance(node, (int, float, str, bool)) or node is None else json.dumps(node)))
 
 
+def expand_names(names: list[str], known: dict[str, Any]) -> list[str]:
+    """Stage names as in ``known`` (expanded ``name@value``): a matrix stage's own name stands for all of its
+    expansions; unknown names are dropped."""
+    out: list[str] = []
+    for name in names:
+        out += [name] if name in known else [k for k in known if k.partition("@")[0] == name]
+    return list(dict.fromkeys(out))
+
+
+def curves_png(folder: Path) -> bytes | None:
+    """The training curves of a DVCLive plots folder (``<metric>.tsv``: step, value) as one PNG chart."""
+    series = []
+    for tsv in sorted(folder.rglob("*.tsv")):
+        rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:] if line.strip()]
+        try:
+            series.append((tsv.relative_to(folder).with_suffix("").as_posix(),
+                           [float(r[0]) for r in rows], [float(r[1]) for r in rows]))
+        except (ValueError, IndexError):
+            continue
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, len(series))
+    rows_n = -(-len(series) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.3 * rows_n), squeeze=False)
+    for ax, (name, x, y) in zip(axes.flat, series, strict=False):
+        ax.plot(x, y, lw=1.2)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def publish_files(repo: Path, rel: str, what: str) -> list[str]:
+    """One markdown card per media file of ``rel`` (a file or a folder, all of its files, sorted), or for a
+    folder of curves, one card with the curves drawn; nothing when ``rel`` does not exist."""
+    import base64
+
+    path = repo / rel
+    keys = []
+    files = media_files(path)
+    if not files and path.is_dir() and (png := curves_png(path)):
+        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        key = artifact_key("curves", rel)
+        create_markdown_artifact(f"### {what}: `{rel}`\n\n![{rel}]({uri})\n\nInteractive: `dvc plots show {rel}`\n",
+                                 key=key, description=f"{what}: `{rel}`")
+        return [key]
+    for p in files:
+        relp = p.relative_to(repo).as_posix()
+        key = artifact_key("media", relp)
+        create_markdown_artifact(media_markdown(repo, p, what), key=key, description=f"{what}: `{relp}`")
+        keys.append(key)
+    return keys
+
+
 @task(name="publish-stage-artifacts", cache_policy=NONE)
 def publish_stage_artifacts(stages: list[str], repo: Path = REPO) -> list[str]:
-    """A metrics table per stage (its metrics JSON files in dvc.yaml) and a link per plot file."""
+    """A metrics table per stage (its metrics JSON files in dvc.yaml), then a card per figure or curve folder."""
     logger = get_run_logger()
     known = stage_names(repo)
     keys: list[str] = []
-    for name in stages:
-        info = known.get(name)
-        if info is None:
-            continue
+    for name in expand_names(stages, known):
+        info = known[name]
         rows: list[dict[str, Any]] = []
         for rel in info.metrics:
             path = repo / rel
@@ -53,30 +119,13 @@ def publish_stage_artifacts(stages: list[str], repo: Path = REPO) -> list[str]:
             rows += [{"file": rel, "metric": k, "value": v} for k, v in flat]
         if rows:
             key = artifact_key("metrics", name)
+            if len(rows) > MAX_TABLE_ROWS:
+                logger.warning("stage %s: %d metrics, the table shows the first %d", name, len(rows), MAX_TABLE_ROWS)
             create_table_artifact(rows[:MAX_TABLE_ROWS], key=key,
                                   description=f"Metrics of DVC stage `{name}` ({', '.join(info.metrics)})")
             keys.append(key)
         for rel in info.plots:
-            keys += link_files(repo, rel, f"plot of stage `{name}`")
-    return keys
-
-
-def link_files(repo: Path, rel: str, what: str, limit: int = 12) -> list[str]:
-    """Link artifacts (``file://`` URLs on the machine that ran the flow) for a file or a folder's media."""
-    path = repo / rel
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES)[:limit]
-        targets = files or [path]
-    elif path.exists():
-        targets = [path]
-    else:
-        return []
-    keys = []
-    for p in targets:
-        relp = p.relative_to(repo).as_posix()
-        key = artifact_key("file", relp)
-        create_link_artifact(p.resolve().as_uri(), link_text=relp, key=key, description=f"{what}: `{relp}`")
-        keys.append(key)
+            keys += publish_files(repo, rel, f"stage `{name}`")
     return keys
 
 
@@ -125,7 +174,7 @@ def eval_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 @task(name="publish-eval", cache_policy=NONE)
 def publish_eval(repo: Path = REPO) -> list[str]:
-    """The per-task success table (results/eval/**/metrics.json) and links to rollout videos, if any."""
+    """The per-task success table (results/eval/**/metrics.json) and a card per rollout video, if any."""
     logger = get_run_logger()
     known = stage_names(repo)
     files = [repo / m for m in known["evaluate"].metrics] if "evaluate" in known else []
@@ -149,8 +198,10 @@ def publish_eval(repo: Path = REPO) -> list[str]:
         key = artifact_key("success", bench)
         create_table_artifact(rows, key=key, description=f"Per-task success rate (95% CI) from `{rel}`")
         keys.append(key)
-    if (repo / "results" / "eval").is_dir():
-        keys += link_files(repo, "results/eval", "rollout video")
+    # The rollout videos: the evaluate stage's folder outputs only (its figures came with its plots).
+    for rel in known["evaluate"].outs if "evaluate" in known else ["results/eval/videos"]:
+        if (repo / rel).is_dir():
+            keys += publish_files(repo, rel, "rollout video")
     return keys
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from artifacts_tasks import MAX_TABLE_ROWS, link_files
+from artifacts_tasks import MAX_TABLE_ROWS, publish_files
 from dvc_tasks import REPO, StageFailed, artifact_key, stream_command
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -93,7 +93,7 @@ def publish_bench(files: list[str], repo: Path = REPO) -> list[str]:
             keys.append(key)
         plot = path.with_suffix(".png")
         if plot.is_file():
-            keys += link_files(repo, plot.relative_to(repo).as_posix(), "kernel benchmark plot")
+            keys += publish_files(repo, plot.relative_to(repo).as_posix(), "kernel benchmark plot")
     return keys
 
 

@@ -121,17 +121,37 @@ def stream_command(argv: list[str], cwd: Path, on_line: Any = None) -> tuple[int
 
 
 def stage_names(repo: Path = REPO) -> dict[str, Any]:
+    """The stages as DVC runs and prints them: a ``matrix:`` stage expanded to one ``name@value`` entry per
+    combination, its ``${item...}`` paths resolved from params.yaml (dvc.lock's names)."""
     from vpdd.lineage import pipeline_stages
 
-    return pipeline_stages(repo)
+    return pipeline_stages(repo, expand=True)
+
+
+def resolve_targets(targets: list[str], repo: Path = REPO) -> list[str]:
+    """``targets`` as expanded stage names: ``bench_predict@rlbench`` stays, a matrix stage's own name
+    (``bench_predict``, which ``dvc repro`` also accepts) becomes all its expansions (none when its matrix
+    is empty). An unknown name raises :class:`StageFailed`."""
+    from vpdd.lineage import pipeline_stages
+
+    expanded, plain = stage_names(repo), pipeline_stages(repo)
+    resolved: list[str] = []
+    missing = []
+    for t in targets:
+        if t in expanded:
+            resolved.append(t)
+        elif t in plain:
+            resolved += [n for n in expanded if n.partition("@")[0] == t]
+        else:
+            missing.append(t)
+    if missing:
+        raise StageFailed(f"stage(s) {missing} are not in {repo / 'dvc.yaml'} (it has {list(expanded)}); this "
+                          f"flow runs once they exist")
+    return list(dict.fromkeys(resolved))
 
 
 def require_stages(stages: list[str], repo: Path = REPO) -> None:
-    known = stage_names(repo)
-    missing = [s for s in stages if s not in known]
-    if missing:
-        raise StageFailed(f"stage(s) {missing} are not in {repo / 'dvc.yaml'} (it has {list(known)}); this flow "
-                          f"runs once they exist")
+    resolve_targets(stages, repo)
 
 
 def dvc_command(targets: list[str], overrides: list[str] | None, exp_name: str | None, force: bool) -> list[str]:
@@ -155,16 +175,16 @@ def dvc_command(targets: list[str], overrides: list[str] | None, exp_name: str |
 def run_stages(targets: list[str], overrides: list[str] | None = None, exp_name: str | None = None,
                force: bool = False, repo: Path = REPO) -> dict[str, Any]:
     """Run DVC stages (all of them when ``targets`` is empty); a progress artifact follows DVC stage by stage."""
-    from vpdd.lineage import pipeline_stages, upstream_stages
+    from vpdd.lineage import upstream_stages
 
-    if targets:
-        require_stages(targets, repo)
+    expanded = resolve_targets(targets, repo) if targets else []
     if overrides and not exp_name:
         exp_name = flow_run.get_name()  # the Prefect run and the DVC experiment share a name
     argv = dvc_command(targets, overrides, exp_name, force)
     if not overrides:
         _warn_if_params_drifted(repo)
-    planned = upstream_stages(pipeline_stages(repo), targets)
+    known = stage_names(repo)
+    planned = (upstream_stages(known, expanded) if expanded else []) if targets else list(known)
     progress_id = create_progress_artifact(
         0.0, key=artifact_key("progress", flow_run.get_flow_name() or "dvc"),
         description=f"`{' '.join(argv)}`: {len(planned)} stage(s) to check",
@@ -193,7 +213,10 @@ def run_stages(targets: list[str], overrides: list[str] | None = None, exp_name:
         pct = 100.0 * min(len(state["done"]), len(planned)) / max(len(planned), 1)
         update_progress_artifact(progress_id, pct, description=what)
 
+    snapshot = params_snapshot(repo) if overrides else None
     rc, _, err_tail = stream_command(argv, repo, on_line)
+    if rc != 0 and snapshot is not None and restore_params(repo, snapshot):
+        get_run_logger().warning("the experiment failed; params.yaml restored to what it was before it")
     if rc != 0:
         stage = state["failed"] or state["current"]
         where = f"DVC stage '{stage}' failed" if stage else "DVC failed before running a stage"
@@ -204,6 +227,25 @@ def run_stages(targets: list[str], overrides: list[str] | None = None, exp_name:
     update_progress_artifact(progress_id, 100.0, description=f"done: ran {', '.join(state['ran']) or 'nothing'}")
     return {"command": argv, "ran": state["ran"], "skipped": state["skipped"],
             "experiment": state["exp"] or (exp_name if overrides else None), "stages": planned}
+
+
+def params_snapshot(repo: Path) -> bytes | None:
+    """params.yaml's bytes before an experiment (None when there is none)."""
+    path = repo / "params.yaml"
+    return path.read_bytes() if path.is_file() else None
+
+
+def restore_params(repo: Path, snapshot: bytes | None) -> bool:
+    """Put back params.yaml as it was before a failed ``dvc exp run -S``, which rewrites it (the bad value in,
+    the header comment out) and leaves it so on failure, so that the next plain run would build with it.
+    True when something was restored."""
+    path = repo / "params.yaml"
+    if snapshot is None or (path.is_file() and path.read_bytes() == snapshot):
+        return False
+    tmp = path.with_name(".params.yaml.restore")
+    tmp.write_bytes(snapshot)
+    tmp.replace(path)
+    return True
 
 
 def _warn_if_params_drifted(repo: Path) -> None:

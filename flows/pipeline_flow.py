@@ -3,8 +3,9 @@ by one factory, :func:`dvc_flow`.
 
 Every flow does the same (:func:`stage_flow_body`): ``vpdd data fetch`` first (idempotent,
 retried), then ``dvc repro STAGES`` (or, with ``overrides``, ``dvc exp run -n EXP -S key=value ... STAGES``),
-then a metrics table per stage, links to plots, the per-task success table where evaluation results exist,
-the lineage markdown, and optionally ``dvc push``. They differ only in the stages they run:
+then a metrics table per stage, a card per figure and curve folder (embedded, flows/media_tasks.py), the
+per-task success table and a card per rollout video where evaluation results exist, the lineage markdown,
+and optionally ``dvc push``. They differ only in the stages they run:
 
 ==================  =======================================  ==========================================
 flow                stages                                    parameters
@@ -45,7 +46,7 @@ def stage_flow_body(stages: list[str], overrides: list[str] | None, exp_name: st
     - ``force``: re-run the stages even if DVC finds them up to date (``-f``);
     - ``fetch``: first make data/ match data.dvc (``vpdd data fetch``; idempotent, retried);
     - ``push``: ``dvc push`` afterwards (retried);
-    - ``evaluation``: also publish the per-task success table and rollout-video links.
+    - ``evaluation``: also publish the per-task success table and the rollout-video cards.
     """
     if fetch:
         fetch_data(repo)
@@ -59,9 +60,30 @@ def stage_flow_body(stages: list[str], overrides: list[str] | None, exp_name: st
     return {**run, "artifacts": keys}
 
 
+PARAMETER_DOCS = {
+    "overrides": "list of strings, optional. params.yaml overrides as `key=value`, e.g. `pretrain.steps=50`; "
+                 "with any, the run is a named DVC experiment (`dvc exp run -S key=value ...`). Empty: `dvc repro`.",
+    "exp_name": "string, optional. The DVC experiment's name when there are overrides (default: this flow "
+                "run's name).",
+    "targets": "list of strings, optional. Run only these DVC stages and what they depend on, e.g. `evaluate` "
+               "or `bench_predict@rlbench` (a matrix stage's own name means all its entries). Empty: all stages.",
+    "force": "boolean. Re-run the stages even if DVC finds them up to date (`-f`).",
+    "fetch": "boolean. First make data/ match data.dvc (`vpdd data fetch`; idempotent).",
+    "push": "boolean. `dvc push` the outputs afterwards.",
+}
+
+
+def _docstring(description: str, names: list[str]) -> str:
+    """The flow's docstring: its description, then an ``Args:`` section Prefect turns into the parameter
+    descriptions of the deployment's Custom run form. Each starts with the type: the form shows none for an
+    optional one (``list[str] | None`` is an anyOf of array and null in the schema)."""
+    args = "\n".join(f"    {n}: {PARAMETER_DOCS[n]}" for n in names)
+    return f"{description}\n\nArgs:\n{args}\n"
+
+
 def dvc_flow(name: str, stages: list[str] | None, description: str, evaluation: bool = False) -> Flow:
     """The flow ``name`` over the DVC ``stages``; ``stages=None`` makes the pipeline flow, whose ``targets``
-    parameter chooses the stages (all when empty). ``evaluation`` adds the success table and video links."""
+    parameter chooses the stages (all when empty). ``evaluation`` adds the success table and video cards."""
     if stages is None:
 
         def run(overrides: list[str] | None = None, exp_name: str | None = None, targets: list[str] | None = None,
@@ -75,7 +97,7 @@ def dvc_flow(name: str, stages: list[str] | None, description: str, evaluation: 
 
     # The entrypoint Prefect records is <this file>:<__qualname__>: the module attribute holding the flow.
     run.__name__ = run.__qualname__ = name.removeprefix("vpdd-").replace("-", "_") + "_flow"
-    run.__doc__ = description
+    run.__doc__ = _docstring(description, [n for n in run.__code__.co_varnames[: run.__code__.co_argcount]])
     return flow(name=name, description=description, log_prints=True)(run)
 
 
@@ -97,8 +119,8 @@ finetune_flow = dvc_flow(
     "its lineage appears in the run's `lineage` artifact).")
 evaluate_flow = dvc_flow(
     "vpdd-evaluate", ["evaluate"],
-    "Evaluation: DVC stage evaluate, then the per-task success table (`success-*` artifact) and links to the "
-    "rollout videos.", evaluation=True)
+    "Evaluation: DVC stage evaluate, then the per-task success table (`success-*` artifact) and the rollout "
+    "videos, embedded (`media-*` artifacts).", evaluation=True)
 pipeline_flow = dvc_flow(
     "vpdd-pipeline", None,
     "The whole DVC pipeline (`dvc repro`, or a named `dvc exp run` with overrides), then its artifacts. "

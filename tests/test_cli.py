@@ -73,3 +73,18 @@ def test_bench_forwards_options_to_the_benchmark(capsys):
     assert exit_info.value.code == 2
     assert "argument --resolution: invalid int value" in capsys.readouterr().err
     assert dispatch(["info"]) is None
+
+
+@pytest.mark.sim
+def test_info_prints_no_third_party_info_lines_at_default_verbosity(tool_env):
+    """PyOpenGL logs `No OpenGL_accelerate module loaded` at INFO when the render check imports it."""
+    proc = subprocess.run(["vpdd", "info"], capture_output=True, text=True, env=tool_env)
+    assert proc.returncode == 0, proc.stderr
+    assert "OpenGL" not in proc.stderr and " INFO " not in proc.stderr, proc.stderr
+
+
+def test_every_option_of_data_fetch_has_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "fetch", "--help"])
+    out = capsys.readouterr().out
+    assert "the raw-data folder pinned by ROOT.dvc" in " ".join(out.split())

@@ -79,3 +79,13 @@ def test_video_round_trip_and_crop(tmp_path):
     with pytest.raises(VideoError, match="zero frames|not a readable"):
         (tmp_path / "z.mp4").write_bytes(b"\x00" * 64)
         read_video(tmp_path / "z.mp4")
+
+
+def test_written_videos_are_readable_by_others(tmp_path):
+    """Rollout mp4s are for people to watch: 0644 like any other output, not mkstemp's 0600."""
+    import numpy as np
+
+    from vpdd.data.video import write_video
+
+    path = write_video(tmp_path / "v.mp4", np.zeros((2, 16, 16, 3), np.uint8))
+    assert path.stat().st_mode & 0o777 == 0o644

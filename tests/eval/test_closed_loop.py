@@ -80,7 +80,11 @@ def test_vpdd_eval_run_end_to_end_is_deterministic(trained, synthetic, tmp_path,
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "reach-v3" in proc.stdout and "ms per environment step" in proc.stdout
         outs.append(out)
-    m = json.loads((outs[0] / "metrics.json").read_text())
+    from vpdd.utils.records import read_record
+
+    metrics_only = json.loads((outs[0] / "metrics.json").read_text())
+    assert not {"settings", "machine", "policy", "timing", "videos"} & set(metrics_only)  # those are in run.json
+    m = read_record(outs[0] / "metrics.json")
     assert m["episodes"] == 6 and set(m["tasks"]) == {"reach-v3"}
     assert m["settings"]["reverse_steps"] == 2 and m["settings"]["execute_steps"] == 2
     episodes = json.loads((outs[0] / "episodes.json").read_text())

@@ -58,9 +58,12 @@ def test_metaworld_run_writes_outputs_and_repeats_byte_for_byte(trained, params_
               "--episodes", "1", "--windows", "2", "--sampling-stride", "5", "--keep-failures"]
     assert _run([*common, "--out", str(tmp_path / "a")]) == 0
     assert _run([*common, "--out", str(tmp_path / "b")]) == 0
-    for name in ("metrics.json", "side_by_side.png", "side_by_side.gif"):
+    for name in ("metrics.json", "run.json", "side_by_side.png", "side_by_side.gif"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    from vpdd.utils.records import read_record
+
+    assert set(json.loads((tmp_path / "a" / "metrics.json").read_text())) == {"mean", "per_task"}
+    m = read_record(tmp_path / "a" / "metrics.json")
     tasks = synthetic.TASKS
     assert set(m["per_task"]) == set(tasks) and set(m["mean"]) == set(vq.ROWS)
     for row in vq.ROWS:

@@ -134,6 +134,7 @@ def served(tmp_path_factory):
     repo = tp.make_repo(tmp / "repo", env, flows=True)
     (repo / "results" / "eval").mkdir(parents=True)
     (repo / "results" / "eval" / "metrics.json").write_text(json.dumps(EVAL_METRICS, indent=1))
+    tp.write_rollout_video(repo / "results/eval/videos/push-v3/seed0_ep0_success.mp4")  # as `vpdd eval` names it
     tp.commit(repo, env, "evaluation results")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -244,8 +245,18 @@ def test_pipeline_run_with_an_override_is_an_experiment_with_metrics_and_lineage
     for stage in ("train-tokenizer", "pretrain", "finetune"):
         assert arts[f"metrics-{stage}"]["type"] == "table", sorted(arts)
     assert {"file": "results/finetune/metrics.json", "metric": "steps", "value": 4} in _rows(arts["metrics-finetune"])
-    link = arts["file-results-finetune-samples-png"]  # Prefect stores a link artifact as markdown
-    assert f"({(repo / 'results/finetune/samples.png').resolve().as_uri()})" in link["data"]
+    # figures and videos are embedded in their cards (a browser refuses file:// links from the UI page), so
+    # an old run's card still shows that run's file
+    import base64
+
+    card = arts["media-results-finetune-samples-png"]
+    png = base64.b64encode((repo / "results/finetune/samples.png").read_bytes()).decode()
+    assert card["type"] == "markdown" and f"(data:image/png;base64,{png})" in card["data"]
+    assert "`history`" in card["data"] and "file://" not in card["data"]
+    assert arts["curves-results-finetune-plots-metrics"]["data"].count("data:image/png;base64,") == 1
+    video = arts["media-results-eval-videos-push-v3-seed0-ep0-success-mp4"]["data"]
+    assert '<video controls' in video and 'src="data:video/webm;base64,' in video
+    assert not any(k.startswith("file-") for k in arts), sorted(arts)
     success = _rows(arts["success-eval"])
     assert success[0] == {"task": "push-v3", "success": 0.5, "ci95_low": 0.15, "ci95_high": 0.85, "successes": 2,
                           "episodes": 4}
@@ -271,6 +282,8 @@ def test_a_failing_stage_is_named_with_its_stderr(served):
 
 
 def test_kernel_benchmark_flow_publishes_its_results_table(served):
+    import base64
+
     client, deployments, repo, _ = served
     args = ["--K", "64", "--N", "16", "--B", "1", "--repeats", "1", "--providers", "torch", "eager"]
     run_id = client.trigger(deployments["vpdd-bench-kernels/local"],
@@ -283,5 +296,5 @@ def test_kernel_benchmark_flow_publishes_its_results_table(served):
     assert {(r["op"], r["provider"], r["K"]) for r in rows} == {("posterior", "torch", 64), ("posterior", "eager", 64)}
     assert all(r["status"] == "ok" and r["ms_p50"] > 0 for r in rows)
     assert record["machine"]["date"] in arts["bench-kernels-cpu"]["description"]
-    plot = (repo / "benchmarks/results/kernels_cpu.png").resolve().as_uri()
-    assert f"({plot})" in arts["file-benchmarks-results-kernels-cpu-png"]["data"]
+    plot = base64.b64encode((repo / "benchmarks/results/kernels_cpu.png").read_bytes()).decode()
+    assert f"(data:image/png;base64,{plot})" in arts["media-benchmarks-results-kernels-cpu-png"]["data"]

@@ -165,3 +165,128 @@ def test_bench_flow_builds_the_command_and_a_row_per_case(bench_flow, repo_root)
 def test_vpdd_serve_needs_a_checkout_with_flows(tmp_path, tool_env):
     proc = subprocess.run(["vpdd", "serve", "--repo", str(tmp_path)], capture_output=True, text=True, env=tool_env)
     assert proc.returncode == 2 and "no flows to serve" in proc.stderr
+
+
+MATRIX_DVC = """
+stages:
+  gen:
+    cmd: echo gen
+    outs: [build/gen]
+  bench_inspect:
+    matrix:
+      benchmark: ${extra_benchmarks}
+    cmd: echo ${item.benchmark}
+    deps: [build/gen]
+    outs: ["build/${item.benchmark}/data"]
+    metrics:
+      - results/${item.benchmark}/data.json: {cache: false}
+  bench_predict:
+    matrix:
+      benchmark: ${extra_benchmarks}
+    cmd: echo predict
+    deps: ["build/${item.benchmark}/data"]
+    metrics:
+      - results/${item.benchmark}/predict.json: {cache: false}
+"""
+
+
+def _matrix_repo(tmp_path: Path, benchmarks: list[str]) -> Path:
+    (tmp_path / "dvc.yaml").write_text(MATRIX_DVC)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"extra_benchmarks": benchmarks}))
+    return tmp_path
+
+
+def test_flows_see_matrix_stages_as_dvc_names_them(dvc_tasks, artifacts_tasks, tmp_path):
+    """`bench_predict@rlbench` (what DVC prints) is a stage; a matrix stage's own name means all of its
+    entries; metrics paths come with `${item...}` resolved, so the metrics table finds the real file."""
+    repo = _matrix_repo(tmp_path, ["rlbench", "other"])
+    assert dvc_tasks.resolve_targets(["bench_predict@rlbench"], repo) == ["bench_predict@rlbench"]
+    assert dvc_tasks.resolve_targets(["bench_predict", "gen"], repo) == [
+        "bench_predict@rlbench", "bench_predict@other", "gen"]
+    dvc_tasks.require_stages(["bench_predict@rlbench", "bench_inspect"], repo)
+    with pytest.raises(dvc_tasks.StageFailed, match="nope"):
+        dvc_tasks.require_stages(["nope"], repo)
+    known = dvc_tasks.stage_names(repo)
+    assert known["bench_inspect@rlbench"].metrics == ["results/rlbench/data.json"]
+    assert artifacts_tasks.expand_names(["bench_inspect", "gen", "gone"], known) == [
+        "bench_inspect@rlbench", "bench_inspect@other", "gen"]
+    from vpdd.lineage import upstream_stages
+
+    assert upstream_stages(known, ["bench_predict@rlbench"]) == ["gen", "bench_inspect@rlbench",
+                                                                 "bench_predict@rlbench"]
+    # No benchmarks: the matrix stages have no entries, and naming them is not an error.
+    empty = _matrix_repo(tmp_path, [])
+    assert dvc_tasks.resolve_targets(["bench_predict"], empty) == []
+
+
+def test_a_failed_experiment_gives_back_params_yaml(dvc_tasks, tmp_path):
+    """`dvc exp run -S` rewrites params.yaml (bad value in, header out); after a failure the flow puts back
+    the file it found, so the next plain run does not build with the bad value."""
+    committed = "# Composed from conf/ by `vpdd config compose`\npretrain:\n  steps: 10\n"
+    (tmp_path / "params.yaml").write_text(committed)
+    snapshot = dvc_tasks.params_snapshot(tmp_path)
+    (tmp_path / "params.yaml").write_text("pretrain:\n  steps: -5\n")  # what DVC leaves behind
+    assert dvc_tasks.restore_params(tmp_path, snapshot) is True
+    assert (tmp_path / "params.yaml").read_text() == committed
+    assert dvc_tasks.restore_params(tmp_path, snapshot) is False  # unchanged: nothing to do
+
+
+def test_flow_parameters_have_descriptions_that_name_their_type(pipeline_flow):
+    for f in pipeline_flow.FLOWS:
+        for name, prop in f.parameters.properties.items():
+            assert prop.get("description"), (f.name, name)
+            if "anyOf" in prop:
+                assert prop["description"].startswith(("list of strings", "string")), (f.name, name)
+
+
+@pytest.fixture(scope="module")
+def media_tasks(dvc_tasks):
+    sys.path.insert(0, str(FLOWS))
+    try:
+        spec = importlib.util.spec_from_file_location("media_tasks", FLOWS / "media_tasks.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(FLOWS))
+
+
+def test_media_cards_embed_images_and_browser_playable_video(media_tasks, tmp_path):
+    """A card carries the file itself (frozen to the run): a PNG as a data URI, an MPEG-4 Part 2 mp4 as an
+    inline VP9 WebM player; a file too large to embed points at a content-addressed copy."""
+    import base64
+    import re
+
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from vpdd.data.video import write_video
+
+    png = tmp_path / "results/pretrain/samples.png"
+    png.parent.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
+    card = media_tasks.media_markdown(tmp_path, png, "stage `pretrain`")
+    uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    assert f"![results/pretrain/samples.png]({uri})" in card
+    assert "`history`" in card and "`prediction`" in card  # the figure's caption
+    mp4 = write_video(tmp_path / "results/eval/videos/reach-v3/seed0_ep0_success.mp4",
+                      np.random.default_rng(0).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8))
+    card = media_tasks.media_markdown(tmp_path, mp4, "rollout video")
+    m = re.search(r'<video controls[^>]* src="data:video/webm;base64,([^"]+)"></video>', card)
+    assert m, card[:300]
+    webm = tmp_path / "x.webm"
+    webm.write_bytes(base64.b64decode(m[1]))
+    with av.open(str(webm)) as c:
+        assert c.streams.video[0].codec_context.name in ("vp9", "libvpx-vp9")
+        times = [float(f.time) for f in c.decode(video=0)]
+    assert len(times) == 6 and times == sorted(set(times)) and abs(times[-1] - 5 / 20) < 1e-6  # 20 fps kept
+    media_tasks.EMBED_LIMIT, limit = 10, media_tasks.EMBED_LIMIT
+    try:
+        card = media_tasks.media_markdown(tmp_path, png, "stage `pretrain`")
+    finally:
+        media_tasks.EMBED_LIMIT = limit
+    copy = re.search(r"this run's copy: `([^`]+)`", card)[1]
+    assert (tmp_path / copy).read_bytes() == png.read_bytes() and copy.startswith(".vpdd/artifacts/")
+    assert oct((tmp_path / copy).stat().st_mode & 0o777) == "0o644"
+    assert media_tasks.media_files(tmp_path / "results/eval") == [mp4]

@@ -92,6 +92,15 @@ def write_videos(folder: Path, seed: int = 1) -> None:
     (folder / "clip_0.txt").write_text("a hand opens a drawer\n")
 
 
+def write_rollout_video(path: Path, seed: int = 2) -> Path:
+    """A rollout video as `vpdd eval run` writes one (mp4, MPEG-4 Part 2), for tests without a simulator."""
+    import numpy as np
+
+    from vpdd.data.video import write_video
+
+    return write_video(path, _synthetic().moving_square_video(np.random.default_rng(seed), 12))
+
+
 def make_repo(dest: Path, env: dict[str, str], *, flows: bool = False, extra_stages: dict[str, Any] | None = None,
               **param_overrides: Any) -> Path:
     """A committed git + DVC repository at ``dest`` running the real stages on tiny synthetic data.

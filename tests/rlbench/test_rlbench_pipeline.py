@@ -134,7 +134,10 @@ def test_cli_tokenize_finetune_and_predict(rlb_trained, rlb, tmp_path, capsys):
     capsys.readouterr()
     assert main(["rlbench", "predict", "--policy", str(out), "--episode", str(ep), "--stride", "5",
                  "--out", str(report)]) == 0
-    res = json.loads(report.read_text())
+    from vpdd.utils.records import read_record
+
+    assert "episodes" not in json.loads(report.read_text())  # the per-episode queries are in predict.run.json
+    res = read_record(report)
     q = res["episodes"][0]["queries"]
     keys = res["episodes"][0]["keyframes"]
     assert [x["step"] for x in q] == [0, *keys[:-1]] and len(q[0]["predicted"]) == 4

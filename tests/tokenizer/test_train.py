@@ -55,8 +55,13 @@ def test_train_writes_checkpoint_metrics_and_grid(tmp_path, robot_root, corpus_r
     loss_rows = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert [r.split("\t")[-2] for r in loss_rows[1:]] == ["2", "4", "6"]
     grid = Image.open(tmp_path / "live" / "recon_grid.png")
-    # 4 held-out clips x (original row + reconstruction row) of 4 frames, scaled x2
-    assert grid.size == (2 * (4 * RES + 3 * 2), 2 * (8 * RES + 4 * 2 + 3 * 6))
+    # 4 held-out clips x (original row + reconstruction row) of 4 frames, scaled x2, below a title line and
+    # beside a margin naming the rows (truth / recon)
+    from vpdd.utils.figures import TEXT_H, text_width
+
+    margin = text_width("recon") + 6
+    assert grid.size == (2 * max(margin + 4 * RES + 3 * 2, text_width("held-out clips, frames t = 0..3 ->") + 4),
+                         2 * (TEXT_H + 8 * RES + 4 * 2 + 3 * 6))
     assert not (tmp_path / "live" / "dvc.yaml").exists()
 
 

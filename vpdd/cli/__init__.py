@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+QUIET_LOGGERS = ("OpenGL", "OpenGL.acceleratesupport", "absl", "matplotlib", "PIL")
+
+
 def main(argv: list[str] | None = None) -> int:
     from vpdd.cli.bench import dispatch
 
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:
+        # Third-party chatter at INFO (PyOpenGL announces a missing OpenGL_accelerate on every render import).
+        for noisy in QUIET_LOGGERS:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except (ConfigError, UserError, ValueError, FileNotFoundError) as err:

@@ -79,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     f = sp.add_parser("fetch", help="make data/ match data.dvc: dvc pull, else regenerate and verify")
     add_params_arg(f)
-    f.add_argument("--root", default="data")
+    f.add_argument("--root", default="data", help="the raw-data folder pinned by ROOT.dvc (default: %(default)s)")
     f.add_argument("--repin", action="store_true", help="regenerate without pulling; pin the result even if it differs")
     f.set_defaults(func=_fetch)
 

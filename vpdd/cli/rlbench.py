@@ -131,8 +131,19 @@ def _inspect(args: argparse.Namespace) -> int:
 
     cfg = params(args)
     r = cfg.rlbench
-    _write_json(args.out, summarize(args.root, cameras=r.cameras, images=not args.no_images,
-                                    stopping_delta=r.stopping_delta, stop_buffer=r.stop_buffer))
+    report = summarize(args.root, cameras=r.cameras, images=not args.no_images, stopping_delta=r.stopping_delta,
+                       stop_buffer=r.stop_buffer)
+    if not args.out:
+        _write_json(None, report)
+        return 0
+    from vpdd.utils.io import atomic_write_json
+    from vpdd.utils.records import sidecar_path
+
+    # DVC reads the counts as metrics; the full report (root, per-episode lists, instructions) goes beside it.
+    atomic_write_json(sidecar_path(args.out), report)
+    atomic_write_json(args.out, {"episodes": report["episodes"], "tasks": {
+        t: {k: v[k] for k in ("episodes", "mean_length", "mean_keyframes")} for t, v in report["tasks"].items()}})
+    print(f"wrote {args.out} (and {sidecar_path(args.out)})")
     return 0
 
 
@@ -205,8 +216,15 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"{ep['episode']}: {len(ep['queries'])} queries, first keyframe error "
               f"{ep['mean_translation_error_m']:.3f} m / {ep['mean_rotation_error_deg']:.1f} deg, "
               f"gripper {ep['gripper_accuracy']:.2f}")
+    record = {"policy": args.policy, "seed": args.seed, "stride": args.stride, **report}
     if args.out:
-        _write_json(args.out, {"policy": args.policy, "seed": args.seed, "stride": args.stride, **report})
+        from vpdd.utils.records import sidecar_path, write_metrics
+
+        # the summary errors are the metrics; the per-episode queries and the settings go to the sidecar
+        write_metrics(args.out, record, ("policy", "seed", "stride", "episodes"))
+        print(f"wrote {args.out} (and {sidecar_path(args.out)})")
+    else:
+        _write_json(None, record)
     return 0
 
 

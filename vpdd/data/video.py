@@ -170,6 +170,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 20, codec: str 
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a video is for others to watch too
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

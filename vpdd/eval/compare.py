@@ -26,15 +26,23 @@ def _exp_ref(name: str) -> str | None:
 
 
 def read_metrics(spec: str) -> dict[str, Any]:
-    """A metrics.json from a file, or ``REV:PATH`` from a git revision or DVC experiment name."""
+    """A metrics.json from a file, or ``REV:PATH`` from a git revision or DVC experiment name, joined with
+    the run.json beside it where there is one (timing, settings: vpdd.utils.records)."""
+    from vpdd.utils.records import read_record, sidecar_path
+
     if Path(spec).is_file() or ":" not in spec:
-        return json.loads(Path(spec).read_text())
+        return read_record(spec)
     rev, path = spec.split(":", 1)
     ref = _exp_ref(rev) or rev
     proc = subprocess.run(["git", "show", f"{ref}:{path}"], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise ValueError(f"no {path} in git revision or DVC experiment {rev!r} ({proc.stderr.strip()})")
-    return json.loads(proc.stdout)
+    record = json.loads(proc.stdout)
+    side = subprocess.run(["git", "show", f"{ref}:{sidecar_path(path).as_posix()}"], capture_output=True, text=True,
+                          check=False)
+    if side.returncode == 0:
+        record.update(json.loads(side.stdout))
+    return record
 
 
 def _ci(ci: list[float]) -> str:

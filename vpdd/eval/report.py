@@ -2,8 +2,10 @@
 
 Writes, into ``out`` (atomically, file by file):
 
-* ``metrics.json``: per-task success with 95% Wilson intervals, the mean, per-seed means, timing
-  (seconds per control step and per policy call), the settings and the checkpoint evaluated;
+* ``metrics.json``: per-task success with 95% Wilson intervals, the mean and per-seed means (what
+  ``dvc metrics show`` / ``dvc exp show`` compare);
+* ``run.json``: what describes the run: timing (seconds per control step and per policy call), the
+  settings, the checkpoint evaluated, the machine and the video paths;
 * ``episodes.json``: one record per episode (task, seed, scene seed, success, steps);
 * ``success.json`` + ``success.png``: the per-task success rates (DVC bar plot data and a bar chart with
   the 95% intervals);
@@ -23,6 +25,10 @@ import numpy as np
 
 from vpdd.eval.closed_loop import EvaluationError, TaskTiming, episode_records, run_task, summarise
 from vpdd.utils.io import atomic_write_bytes, atomic_write_json
+from vpdd.utils.records import write_metrics
+
+# What describes the run rather than its result: written to run.json beside metrics.json (vpdd.utils.records).
+RUN_KEYS = ("timing", "settings", "policy", "machine", "videos")
 
 VIDEO_SCALE = 4
 log = logging.getLogger(__name__)
@@ -176,5 +182,5 @@ def evaluate(policy_dir: str | Path, settings: EvalSettings, env_cfg: dict[str, 
         {"task": t.removesuffix("-v3"), "success": v["success"]} for t, v in metrics["tasks"].items()]})
     bar_plot(metrics, out / "success.png",
              f"{policy_dir}: {len(tasks)} tasks x {settings.episodes_per_task} episodes x {len(settings.seeds)} seeds")
-    atomic_write_json(out / "metrics.json", metrics)
+    write_metrics(out / "metrics.json", metrics, RUN_KEYS)
     return metrics

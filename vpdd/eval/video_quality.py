@@ -34,8 +34,9 @@ end-of-episode windows where the target is clamped are left out: there the futur
 
 **Determinism.** The policy's generator is reset per episode to a seed derived from (``seed``, task, episode
 number), and windows are predicted in a fixed order and batch; the same inputs give the same bytes on the
-same machine. Outputs (:func:`write_outputs`): ``metrics.json``, ``side_by_side.png``, ``side_by_side.gif``,
-each written atomically.
+same machine. Outputs (:func:`write_outputs`): ``metrics.json`` (mean and per-task scores), ``run.json``
+beside it (checkpoint, counts, settings, held-out episodes, per-window scores), ``side_by_side.png``,
+``side_by_side.gif``, each written atomically.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ SEED_NAMESPACE = "vpdd-eval-video"
 PSNR_CAP_DB = 100.0  # vpdd.tokenizer.metrics.psnr floors the MSE at 1e-10: 10 log10(1 / 1e-10)
 ROWS = ("predicted", "reconstruction", "copy_last")
 METRICS_FILE, PNG_FILE, GIF_FILE = "metrics.json", "side_by_side.png", "side_by_side.gif"
+# metrics.json keeps ``mean`` and ``per_task``; the rest describes the run and goes to run.json beside it.
+RUN_KEYS = ("checkpoint", "counts", "settings", "heldout", "psnr_cap_db", "windows")
 
 
 class VideoEvalError(ValueError):
@@ -498,7 +501,8 @@ def run_video_eval(policy_dir: str | Path, cfg: Any, out: str | Path, settings: 
 def write_outputs(out: str | Path, metrics: dict[str, Any], results: Sequence[EpisodeWindows], tasks: Sequence[str],
                   examples_per_task: int, future_offset: int) -> dict[str, Path]:
     """Render both images first, then write every file atomically (metrics.json last)."""
-    from vpdd.utils.io import atomic_write_bytes, atomic_write_json
+    from vpdd.utils.io import atomic_write_bytes
+    from vpdd.utils.records import write_metrics
 
     out = Path(out)
     paths = {"metrics": out / METRICS_FILE, "png": out / PNG_FILE, "gif": out / GIF_FILE}
@@ -509,5 +513,5 @@ def write_outputs(out: str | Path, metrics: dict[str, Any], results: Sequence[Ep
         atomic_write_bytes(paths["gif"], gif)
     else:
         del paths["png"], paths["gif"]
-    atomic_write_json(paths["metrics"], metrics)
+    write_metrics(paths["metrics"], metrics, RUN_KEYS)
     return paths

@@ -90,7 +90,7 @@ def outputs_markdown(repo: str | os.PathLike, stages: list[str] | None = None) -
     """A markdown table stage -> output -> md5 (from dvc.lock) for ``stages`` (default: all of dvc.yaml), then
     the record of every output directory among them that carries one."""
     repo = Path(repo)
-    known = pipeline_stages(repo)
+    known = pipeline_stages(repo, expand=True)  # matrix stages by the names dvc.lock and DVC print
     outs = lock_outputs(read_dvc_lock(repo))
     shown = list(stages) if stages else list(known)
     lines = ["| stage | output | md5 (dvc.lock) |", "| --- | --- | --- |"]

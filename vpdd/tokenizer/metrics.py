@@ -77,3 +77,17 @@ def recon_grid(original: np.ndarray, recon: np.ndarray, pad: int = 2) -> np.ndar
         if k < len(rows) - 1:
             out.append(gap if k % 2 == 0 else np.concatenate([gap, gap, gap]))
     return np.concatenate(out)
+
+
+def captioned_recon_grid(original: np.ndarray, recon: np.ndarray, pad: int = 2) -> np.ndarray:
+    """:func:`recon_grid` with its caption: a title line and, per row, ``truth`` or ``recon``."""
+    from vpdd.utils.figures import caption_grid
+
+    grid = recon_grid(original, recon, pad)
+    h, t = original.shape[2], original.shape[1]
+    rows, y = [], 0
+    for _ in range(original.shape[0]):
+        rows += [(y, y + h, "truth"), (y + h + pad, y + 2 * h + pad, "recon")]
+        y += 2 * h + pad + 3 * pad
+    return caption_grid(grid, f"held-out clips, frames t = 0..{t - 1} ->",
+                        rows=rows)

@@ -38,7 +38,7 @@ from vpdd.runtime.live import log_metrics
 from vpdd.runtime.seeding import rng_state, set_rng_state
 from vpdd.runtime.skeleton import Loop, Meter, Trainer, TrainResult
 from vpdd.tokenizer import data as tdata
-from vpdd.tokenizer.metrics import code_usage, psnr, recon_grid, ssim
+from vpdd.tokenizer.metrics import captioned_recon_grid, code_usage, psnr, ssim
 from vpdd.tokenizer.model import VQVAE, to_model_input, to_uint8
 from vpdd.tokenizer.pretrained import (
     RESUMABLE_KEYS,
@@ -242,7 +242,7 @@ def train_tokenizer(
                      metrics["psnr"], metrics["ssim"], 100 * metrics["usage"], metrics["perplexity"])
             if trainer.live_dir is not None:
                 n = min(4, len(eval_set))
-                atomic_write_png(trainer.live_dir / "recon_grid.png", recon_grid(eval_set[:n], recons[:n]))
+                atomic_write_png(trainer.live_dir / "recon_grid.png", captioned_recon_grid(eval_set[:n], recons[:n]))
         dist_utils.barrier(info)
         return metrics
 

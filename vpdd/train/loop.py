@@ -400,6 +400,7 @@ def _evaluate(model, ema, spec, scheduler, data, text_vectors, vq, layout, scfg,
 
 def _write_grid(path: Path, vq, history, target, predicted, data, dev) -> None:
     from vpdd.tokenizer.model import to_uint8
+    from vpdd.utils.figures import caption_grid
     from vpdd.utils.io import atomic_write_png
 
     grid = data.pairs.source.tokens.shape[1:] if hasattr(data, "pairs") else None
@@ -413,4 +414,8 @@ def _write_grid(path: Path, vq, history, target, predicted, data, dev) -> None:
         frames = to_uint8(vq.decode(codes.reshape(n * views, *grid))).cpu().numpy()  # (n * V, T, H, W, 3)
         rows.append(frames.reshape(n, views * frames.shape[1], *frames.shape[2:]))
     tiles = [np.concatenate([np.concatenate(list(r[i]), axis=1) for r in rows], axis=1) for i in range(n)]
-    atomic_write_png(path, np.concatenate(tiles, axis=0))
+    widths = [r.shape[1] * r.shape[3] for r in rows]  # (views x frames) x W per block
+    edges = np.cumsum([0, *widths])
+    labels = ("history", "truth (future)", "prediction")
+    columns = [(int(edges[k]), int(edges[k + 1]), labels[k]) for k in range(3)]
+    atomic_write_png(path, caption_grid(np.concatenate(tiles, axis=0), "one sequence per row:", columns=columns))
