@@ -14,6 +14,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _import_triton_for_the_interpreter() -> None:
+    """Without CUDA the kernel tests run Triton's interpreter, and Triton picks interpreter-or-compiled when
+    a ``@triton.jit`` function is decorated: its own library's (``tl.randint4x``) at ``import triton``. Any
+    test module may import triton first (GPT-2 pulls it in), so this root conftest, loaded before every
+    test module, imports triton and the kernels under TRITON_INTERPRET=1 and restores the variable;
+    tests/kernels/conftest.py sets it again around each kernel test."""
+    import torch
+
+    if torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
+        return
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        for mod in ("triton", "vpdd_kernels.posterior_triton", "vpdd_kernels.sampling_triton",
+                    "vpdd_kernels.loss_triton"):
+            importlib.import_module(mod)
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+_import_triton_for_the_interpreter()
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

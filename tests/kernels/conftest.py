@@ -1,33 +1,21 @@
 """Kernel tests: on a CPU-only machine the Triton kernels run in the interpreter (TRITON_INTERPRET=1).
 
-Triton decides interpreter-or-compiled when a ``@triton.jit`` function is decorated, so this conftest sets
-the variable, imports the kernel modules, and restores the environment at once: other test folders never
-see it. Tests here get it back through the autouse ``_interpreter_env`` fixture (``triton_status`` and the
-dispatch read it). With CUDA present nothing is set and the same tests run compiled on the GPU
-(``device`` fixture), and the ``gpu``-marked large shapes run too.
+Triton decides interpreter-or-compiled when a ``@triton.jit`` function is decorated, so the root
+tests/conftest.py imports triton and the kernel modules under the variable before any test module and
+restores the environment at once: other test folders never see it. Tests here get it back through the
+autouse ``_interpreter_env`` fixture (``triton_status`` and the dispatch read it). With CUDA present nothing
+is set and the same tests run compiled on the GPU (``device`` fixture), and the ``gpu``-marked large shapes
+run too.
 """
 
 from __future__ import annotations
-
-import importlib
-import os
 
 import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
 INTERPRET = not CUDA
-_saved = os.environ.get("TRITON_INTERPRET")
-if INTERPRET:
-    os.environ["TRITON_INTERPRET"] = "1"
-try:
-    for _mod in ("vpdd_kernels.posterior_triton", "vpdd_kernels.sampling_triton", "vpdd_kernels.loss_triton"):
-        importlib.import_module(_mod)
-finally:
-    if _saved is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _saved
+# the kernel modules were imported under TRITON_INTERPRET=1 by tests/conftest.py (see there)
 
 
 @pytest.fixture(autouse=True)
