@@ -40,3 +40,4 @@ def check_checkpoint_out(args: argparse.Namespace, *inputs) -> None:
 
 def params(args: argparse.Namespace) -> VPDDConfig:
     return load_config(args.params)
+

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from vpdd.cli.common import add_force_arg, add_params_arg, add_resume_args, check_checkpoint_out, params, resume_mode
@@ -159,7 +158,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from vpdd.rlbench.tokens import encode_rlbench
     from vpdd.tokenizer.encode import check_against_params
     from vpdd.tokenizer.pretrained import peek_config
@@ -175,33 +173,22 @@ def _tokenize(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from vpdd.cli.training import run_training, training_summary
     from vpdd.rlbench.training import train_rlbench_stage
-    from vpdd.runtime.guard import TrainingDiverged, TrainingInterrupted
 
     cfg = params(args)
     check_checkpoint_out(args, args.tokens, args.tokenizer, getattr(args, "data", None),
                          getattr(args, "pretrained", None), args.params)
-    resume = resume_mode(args)
-    try:
-        result = train_rlbench_stage(
-            args.stage, cfg, tokens=args.tokens, tokenizer=args.tokenizer, out=args.out,
-            data_root=getattr(args, "data", None), live_dir=args.live, pretrained=getattr(args, "pretrained", None),
-            resume=resume, device=args.device, params_file=args.params,
-        )
-    except TrainingDiverged as err:
-        print(f"vpdd rlbench {args.stage}: error: {err}", file=sys.stderr)
-        return 3
-    except TrainingInterrupted as err:
-        print(f"vpdd rlbench {args.stage}: {err}", file=sys.stderr)
-        return 130
-    m = result.metrics
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k in (
-        "train/loss", "eval/video_token_acc", "eval/action_bin_acc"))
-    print(f"rlbench {args.stage}: step {result.step}, {result.seconds:.0f} s{', ' + shown if shown else ''} -> "
-          f"{result.out}")
+    result = run_training(
+        f"rlbench {args.stage}", train_rlbench_stage, stage=args.stage, cfg=cfg, tokens=args.tokens,
+        tokenizer=args.tokenizer, out=args.out, data_root=getattr(args, "data", None), live_dir=args.live,
+        pretrained=getattr(args, "pretrained", None), resume=resume_mode(args), device=args.device,
+        params_file=args.params,
+    )
+    if isinstance(result, int):
+        return result
+    print(training_summary(f"rlbench {args.stage}", result,
+                           ("train/loss", "eval/video_token_acc", "eval/action_bin_acc")))
     return 0
 
 

@@ -14,8 +14,6 @@ This module also runs on its own (``python -m vpdd.cli.tokenizer train ...``).
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
 
@@ -60,52 +58,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_reconstruct)
 
 
-def _passive_omp() -> None:
-    """Let idle OpenMP threads sleep instead of spinning (unless the user chose otherwise).
-
-    On a CPU shared with other processes, the default spin-waiting made 2-thread training steps up to 4x
-    slower (measured: 7 vs 30 clips/s next to one busy process); sleeping threads cost little when the
-    machine is idle. Only effective before torch is first imported, which is the case for the CLI.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def _train(args: argparse.Namespace) -> int:
-    _passive_omp()
     from vpdd.cli.common import check_checkpoint_out, params, resume_mode
-    from vpdd.runtime.guard import TrainingDiverged, TrainingInterrupted
+    from vpdd.cli.training import run_training
     from vpdd.tokenizer.train import train_tokenizer
 
     cfg = params(args)
     check_checkpoint_out(args, args.robot, args.corpus, args.params)
-    try:
-        result = train_tokenizer(
-            cfg.tokenizer,
-            args.out,
-            robot=args.robot,
-            corpus=args.corpus,
-            live_dir=args.live,
-            resume=resume_mode(args),
-            device=args.device,
-            data_dvc=args.data_dvc,
-        )
-    except TrainingDiverged as err:
-        print(f"vpdd tokenizer train: error: {err}", file=sys.stderr)
-        return 3
-    except TrainingInterrupted as err:
-        print(f"vpdd tokenizer train: {err}", file=sys.stderr)
-        return 130
-    m = result.metrics
-    if m:
-        print(
-            f"tokenizer: step {result.step}, held-out PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, "
-            f"codes used {100 * m['usage']:.1f}%, {result.seconds:.0f} s -> {result.out}"
-        )
+    result = run_training("tokenizer train", train_tokenizer, cfg=cfg.tokenizer, out=args.out, robot=args.robot,
+                          corpus=args.corpus, live_dir=args.live, resume=resume_mode(args), device=args.device,
+                          data_dvc=args.data_dvc)
+    if isinstance(result, int):
+        return result
+    if m := result.metrics:
+        print(f"tokenizer: step {result.step}, held-out PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, "
+              f"codes used {100 * m['usage']:.1f}%, {result.seconds:.0f} s -> {result.out}")
     return 0
 
 
 def _encode(args: argparse.Namespace) -> int:
-    _passive_omp()
     from vpdd.cli.common import params
     from vpdd.tokenizer.encode import encode_dataset
 
@@ -145,30 +116,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run only this command group (``python -m vpdd.cli.tokenizer ...``)."""
-    from vpdd.config import ConfigError
-
-    parser = argparse.ArgumentParser(prog="vpdd")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    flags = [a for a in argv if a in ("-v", "--verbose")]
-    args = parser.parse_args([*flags, "tokenizer", *(a for a in argv if a not in flags)])
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        if args.verbose:
-            raise
-        print(f"vpdd tokenizer: error: {err}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from vpdd.cli import main
+
+    sys.exit(main(group="tokenizer"))

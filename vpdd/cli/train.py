@@ -15,8 +15,6 @@ Multi-GPU: ``torchrun --nproc_per_node=G -m vpdd.cli.train pretrain ...``.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
 
@@ -41,65 +39,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep (shared CPUs)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from vpdd.cli.common import check_checkpoint_out, params, resume_mode
-    from vpdd.runtime.guard import TrainingDiverged, TrainingInterrupted
+    from vpdd.cli.training import run_training, training_summary
     from vpdd.train.loop import train_stage
 
     cfg = params(args)
     check_checkpoint_out(args, args.tokens, args.tokenizer, getattr(args, "robot", None),
                          getattr(args, "pretrained", None), args.params)
-    resume = resume_mode(args)
-    try:
-        result = train_stage(
-            args.stage,
-            cfg,
-            tokens=args.tokens,
-            tokenizer=args.tokenizer,
-            out=args.out,
-            live_dir=args.live,
-            robot=getattr(args, "robot", None),
-            pretrained=getattr(args, "pretrained", None),
-            resume=resume,
-            device=args.device,
-            params_file=args.params,
-        )
-    except TrainingDiverged as err:
-        print(f"vpdd train {args.stage}: error: {err}", file=sys.stderr)
-        return 3
-    except TrainingInterrupted as err:
-        print(f"vpdd train {args.stage}: {err}", file=sys.stderr)
-        return 130
-    m = result.metrics
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k in (
-        "train/loss", "eval/video_token_acc", "eval/action_bin_acc", "eval/action_l1"))
-    print(f"{args.stage}: step {result.step}, {result.seconds:.0f} s{', ' + shown if shown else ''} -> {result.out}")
+    result = run_training(
+        f"train {args.stage}", train_stage, stage=args.stage, cfg=cfg, tokens=args.tokens, tokenizer=args.tokenizer,
+        out=args.out, live_dir=args.live, robot=getattr(args, "robot", None),
+        pretrained=getattr(args, "pretrained", None), resume=resume_mode(args), device=args.device,
+        params_file=args.params,
+    )
+    if isinstance(result, int):
+        return result
+    print(training_summary(args.stage, result,
+                           ("train/loss", "eval/video_token_acc", "eval/action_bin_acc", "eval/action_l1")))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run only this command group (``python -m vpdd.cli.train pretrain ...``, e.g. under torchrun)."""
-    from vpdd.config import ConfigError
-
-    parser = argparse.ArgumentParser(prog="vpdd")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    flags = [a for a in argv if a in ("-v", "--verbose")]
-    args = parser.parse_args([*flags, "train", *(a for a in argv if a not in flags)])
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        if args.verbose:
-            raise
-        print(f"vpdd train: error: {err}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from vpdd.cli import main
+
+    sys.exit(main(group="train"))
