@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vpdd.policy import PolicyError, VPDDPolicy
-from vpdd.policy.policy import MAX_INSTRUCTION_CHARS, check_instructions
+from vpdd.policy.base import MAX_INSTRUCTION_CHARS, check_instructions
 
 from .conftest import run_cli
 
@@ -52,13 +52,14 @@ def test_policy_rejects_misuse(trained, synthetic):
 def test_policy_info_on_a_rehashed_corrupt_checkpoint_is_one_line(trained, tmp_path):
     import shutil
 
-    from vpdd.runtime.checkpoint import META_NAME, WEIGHTS_NAME, _sha256_file
+    from vpdd.runtime.checkpoint import META_NAME, WEIGHTS_NAME
+    from vpdd.utils.io import sha256_file
 
     path = tmp_path / "policy"
     shutil.copytree(trained["policy"], path)
     (path / WEIGHTS_NAME).write_bytes(b"\x00" * 100)
     meta = json.loads((path / META_NAME).read_text())
-    meta["files"] = {n: _sha256_file(path / n) for n in meta["files"]}
+    meta["files"] = {n: sha256_file(path / n) for n in meta["files"]}
     (path / META_NAME).write_text(json.dumps(meta))
     code, err = run_cli("policy", "info", path)
     assert code == 2 and WEIGHTS_NAME in err and "Traceback" not in err

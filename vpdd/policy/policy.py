@@ -37,63 +37,21 @@ weights differ from the ones the policy was trained with).
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from vpdd.models.checkpoint import (
-    KIND_POLICY,
-    LINEAGE_FILE,
-    LoadedCheckpoint,
-    load_vpdd_checkpoint,
-    save_vpdd_checkpoint,
-)
-from vpdd.models.model import diffusion_loss, sample_tokens
+from vpdd.models.checkpoint import KIND_POLICY, LoadedCheckpoint
+from vpdd.policy.base import CheckpointPolicy, PolicyError, check_instructions
 
 log = logging.getLogger(__name__)
 
-
-class PolicyError(ValueError):
-    """Bad input to the policy (names what was expected)."""
-
-
-# Longest instruction accepted (characters): the text encoders truncate far below this, so a longer one is
-# a mistake (a file's content, a prompt injection), not a task description.
-MAX_INSTRUCTION_CHARS = 1000
-
-
-def check_instructions(instruction: Any, n: int) -> list[str]:
-    """``instruction`` (one string for the batch, or one per observation) as ``n`` validated strings:
-    non-empty text of at most :data:`MAX_INSTRUCTION_CHARS` characters; anything else is a PolicyError."""
-    if n <= 0:
-        raise PolicyError(f"an empty batch ({n} observations): pass at least one frame")
-    if isinstance(instruction, str):
-        texts = [instruction] * n
-    elif isinstance(instruction, list | tuple):
-        texts = list(instruction)
-    else:
-        raise PolicyError(f"instruction: expected a string or a list of {n} strings, got "
-                          f"{type(instruction).__name__} {instruction!r:.60}")
-    if len(texts) != n:
-        raise PolicyError(f"{len(texts)} instructions for a batch of {n} observations")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise PolicyError(f"instruction {i}: expected a string, got {type(text).__name__} {text!r:.60}")
-        if not text.strip():
-            raise PolicyError(f"instruction {i}: empty; describe the task (e.g. the one the policy was trained on)")
-        if len(text) > MAX_INSTRUCTION_CHARS:
-            raise PolicyError(f"instruction {i}: {len(text)} characters, more than the limit of "
-                              f"{MAX_INSTRUCTION_CHARS}")
-    return texts
+__all__ = ["PolicyError", "PolicyOutput", "VPDDPolicy", "check_instructions"]
 
 
 @dataclass
@@ -104,89 +62,18 @@ class PolicyOutput:
     history_tokens: torch.Tensor  # (B, t, h, w)
 
 
-class VPDDPolicy(nn.Module):
-    def __init__(self, loaded: LoadedCheckpoint, *, execute_steps: int = 1, sampling_stride: int | None = None,
-                 truncation_r: float | None = None, seed: int = 0, device: str | torch.device = "cpu"):
-        super().__init__()
-        self.loaded = loaded
-        self.config = copy.deepcopy(loaded.config)
-        self.model = loaded.model
-        self.tokenizer = loaded.tokenizer
-        self.scheduler = loaded.scheduler
-        self.table = loaded.table
+class VPDDPolicy(CheckpointPolicy):
+    def __init__(self, loaded: LoadedCheckpoint, **kwargs: Any):
+        """``kwargs``: ``execute_steps``, ``sampling_stride``, ``truncation_r``, ``seed``, ``device``."""
+        super().__init__(loaded, chunk=loaded.spec.chunk, **kwargs)
         self.discretizer = loaded.discretizer
-        self.layout = loaded.spec.layout
-        tok = self.config["tokenizer"]["config"]
-        self.window = int(tok["encode_window"])
-        self.resolution = int(tok["resolution"])
-        self.grid = tuple(int(g) for g in tok["latent_shape"])
-        self.chunk = loaded.spec.chunk
         self.action_dim = loaded.spec.action_dim
-        if not 1 <= execute_steps <= self.chunk:
-            raise PolicyError(f"execute_steps={execute_steps}: expected 1..{self.chunk} (the chunk length)")
-        self.execute_steps = int(execute_steps)
-        if truncation_r is not None:
-            from vpdd_kernels.sampling import check_truncation_r
 
-            try:
-                check_truncation_r(truncation_r)
-            except ValueError as err:
-                raise PolicyError(str(err)) from None
-        steps = self.scheduler.num_timesteps
-        if sampling_stride is not None and not (isinstance(sampling_stride, int) and 1 <= sampling_stride <= steps):
-            raise PolicyError(f"sampling_stride={sampling_stride!r}: expected an integer in 1..{steps}")
-        self.sampling_stride = sampling_stride
-        self.truncation_r = truncation_r
-        self.device = torch.device(device)
-        self.table.set_encoder_factory(self._text_encoder)
-        self.generator = torch.Generator(device=self.device)
-        self.reset(seed)
-        self.eval()
-
-    # ------------------------------------------------------------------------------ loading/saving
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", kernel_impl: str = "auto",
-                        **kwargs) -> VPDDPolicy:
-        """Load a ``vpdd-policy`` checkpoint (or a ``vpdd-pretrain`` one: video prediction only). ``kernel_impl``: the
-        ``kernel.impl`` setting (auto|triton|torch; ``VPDD_KERNEL_IMPL`` wins)."""
-        return cls(load_vpdd_checkpoint(path, device=device, kernel_impl=kernel_impl), device=device, **kwargs)
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write the policy as a checkpoint directory (weights, config, lineage; no training state)."""
-        config = copy.deepcopy(self.config)
-        config["language"]["texts"] = list(self.table.texts)
-        src = self.loaded.checkpoint
-        meta = {"step": src.step, "metrics": src.meta.get("metrics", {}), "saved_from": str(src.path),
-                "source_checkpoint_hash": src.meta.get("checkpoint_hash")}
-        lineage = None
-        if (src.path / LINEAGE_FILE).is_file():
-            lineage = json.loads((src.path / LINEAGE_FILE).read_text())
-        return save_vpdd_checkpoint(path, config=config, model_state=self.model.state_dict(),
-                                    tokenizer_state=self.tokenizer.inference_state_dict(),
-                                    text_vectors=self.table.vectors, meta=meta, lineage=lineage)
-
-    def _text_encoder(self):
-        from vpdd.config.model import LanguageConfig
-        from vpdd.models.language import build_text_encoder, encoder_identity
-
-        lang = self.config["language"]
-        cfg = LanguageConfig(**lang["config"])
-        now = encoder_identity(cfg)
-        if now.get("weights_sha256") != lang.get("weights_sha256") or now["dim"] != lang["dim"]:
-            raise PolicyError(
-                f"cannot embed a new instruction: the text encoder here ({now}) is not the one the policy was "
-                f"trained with ({ {k: lang.get(k) for k in now} })"
-            )
-        return build_text_encoder(cfg)
-
-    # --------------------------------------------------------------------------------- episode state
     def reset(self, seed: int | None = None) -> None:
         """Start new episode(s): forget the frame history and the queued actions; reseed if ``seed``."""
         self._frames: deque[np.ndarray] = deque(maxlen=self.window)
-        self._queue: deque[np.ndarray] = deque()
         self._batch: int | None = None
-        if seed is not None:
-            self.generator.manual_seed(int(seed))
+        super().reset(seed)
 
     def _as_frames(self, observation: Any) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
         """(frame (B, H, W, 3) or None, explicit window (B, W, H, W, 3) or None, batched)."""
@@ -228,11 +115,6 @@ class VPDDPolicy(nn.Module):
         frames = [frames[0]] * (self.window - len(frames)) + frames
         return np.stack(frames, axis=1)  # (B, W, H, W, 3)
 
-    @property
-    def queued_actions(self) -> int:
-        """Actions left from the last predicted chunk; 0 means the next ``select_action`` predicts."""
-        return len(self._queue)
-
     def observe(self, observation: Any) -> None:
         """Record a frame in the history without acting (e.g. frames seen before the policy takes over)."""
         frame, win, _ = self._as_frames(observation)
@@ -244,21 +126,9 @@ class VPDDPolicy(nn.Module):
         return check_instructions(instruction, n)
 
     # -------------------------------------------------------------------------------------- inference
-    @torch.no_grad()
     def _predict(self, window: np.ndarray, texts: list[str]) -> PolicyOutput:
-        from vpdd.tokenizer.model import to_model_input
-
-        clips = to_model_input(torch.from_numpy(np.ascontiguousarray(window)).to(self.device))
-        history = self.tokenizer.encode(clips)
-        lang = self.table.lookup(texts).to(self.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            x = sample_tokens(self.model, self.scheduler, history.reshape(len(texts), -1), lang, self.generator,
-                              stride=self.sampling_stride, truncation_r=self.truncation_r)
-        finally:
-            self.model.train(was_training)
-        video, action = self.layout.split(x)
+        history = self._encode_windows(window)
+        video, action = self._sample(history.reshape(len(texts), -1), texts)
         actions = bins = None
         if self.discretizer is not None and self.model.action is not None:
             bins = self.layout.tokens_to_actions(action).cpu().numpy()
@@ -343,35 +213,23 @@ class VPDDPolicy(nn.Module):
         ``action_bins``: (B, chunk * D) bins (neither: the pre-training dummy); ``instruction``: B strings or
         ``lang``: (B, L) embeddings; optional ``generator``. Updates the scheduler's importance-sampling
         history only in training mode."""
-        from vpdd.tokenizer.model import to_model_input
-
         def tokens(key: str) -> torch.Tensor:
             if key in batch:
                 return torch.as_tensor(batch[key]).to(self.device, torch.long).reshape(len(batch[key]), -1)
-            frames = batch.get(f"{key}_frames")
-            if frames is None:
+            if (frames := batch.get(f"{key}_frames")) is None:
                 raise PolicyError(f"batch: expected '{key}' tokens or '{key}_frames'")
-            clips = to_model_input(torch.as_tensor(np.asarray(frames)).to(self.device))
-            with torch.no_grad():
-                return self.tokenizer.encode(clips).reshape(len(frames), -1)
+            return self._encode_windows(np.asarray(frames)).reshape(len(frames), -1)
 
         history, target = tokens("history"), tokens("target")
         n = history.shape[0]
-        if "action_bins" in batch:
-            bins = torch.as_tensor(batch["action_bins"]).to(self.device, torch.long).reshape(n, -1)
-        elif "actions" in batch:
+        bins = self._bins(batch, n)
+        if bins is None and "actions" in batch:
             self._require_actions()
             a = np.asarray(batch["actions"], dtype=np.float32).reshape(n, self.chunk, self.action_dim)
             bins = torch.from_numpy(self.discretizer.encode(a).reshape(n, -1)).to(self.device)
-        else:
+        elif bins is None:
             bins = torch.zeros(n, self.layout.n_action_tokens, dtype=torch.long, device=self.device)
-        if "lang" in batch:
-            lang = torch.as_tensor(batch["lang"]).to(self.device, torch.float32)
-        else:
-            lang = self.table.lookup(self._instructions(batch["instruction"], n)).to(self.device)
-        x0 = torch.cat([target, self.layout.actions_to_tokens(bins)], dim=1)
-        return diffusion_loss(self.model, self.scheduler, x0, history, lang, batch.get("generator"),
-                              update_history=self.training)
+        return self._loss(batch, history, target, bins)
 
     @property
     def is_policy(self) -> bool:

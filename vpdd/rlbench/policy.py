@@ -30,27 +30,16 @@ the keyframe, observe, predict again) and always records the new frames. ``predi
 
 from __future__ import annotations
 
-import copy
-import json
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from vpdd.models.checkpoint import (
-    KIND_POLICY,
-    LINEAGE_FILE,
-    LoadedCheckpoint,
-    load_vpdd_checkpoint,
-    save_vpdd_checkpoint,
-)
-from vpdd.models.model import diffusion_loss, sample_tokens
-from vpdd.policy.policy import PolicyError, check_instructions
+from vpdd.models.checkpoint import KIND_POLICY, LoadedCheckpoint
+from vpdd.policy.base import CheckpointPolicy, PolicyError, check_instructions
 from vpdd.rlbench import network as _network  # noqa: F401  (registers the "multiview" action network)
 from vpdd.rlbench.keyframes import DIMS, KIND, PoseActionCoder
 
@@ -65,95 +54,28 @@ class KeyframePrediction:
     history_tokens: torch.Tensor  # (V, t, h, w)
 
 
-class RLBenchPolicy(nn.Module):
-    def __init__(self, loaded: LoadedCheckpoint, *, execute_steps: int = 1, sampling_stride: int | None = None,
-                 truncation_r: float | None = None, seed: int = 0, device: str | torch.device = "cpu"):
-        super().__init__()
-        config = copy.deepcopy(loaded.config)
+class RLBenchPolicy(CheckpointPolicy):
+    def __init__(self, loaded: LoadedCheckpoint, **kwargs: Any):
+        """``kwargs``: ``execute_steps``, ``sampling_stride``, ``truncation_r``, ``seed``, ``device``."""
+        config = loaded.config
         demos = (config.get("data") or {}).get("demonstrations") or {}
         actions = config.get("actions") or {}
         if config.get("kind") != KIND_POLICY or demos.get("benchmark") != "rlbench" or actions.get("kind") != KIND:
             raise PolicyError(f"{loaded.path}: not an RLBench keyframe policy (kind {config.get('kind')!r}, "
                               f"benchmark {demos.get('benchmark')!r}); fine-tune one with `vpdd rlbench finetune`")
-        self.loaded, self.path, self.config = loaded, loaded.path, config
-        self.model, self.tokenizer, self.scheduler, self.table = (loaded.model, loaded.tokenizer, loaded.scheduler,
-                                                                  loaded.table)
-        self.layout = loaded.spec.layout
-        self.coder = PoseActionCoder.from_dict(actions)
-        self.cameras: list[str] = list(demos["cameras"])
+        coder = PoseActionCoder.from_dict(actions)
+        self.cameras: list[str] = list(demos["cameras"])  # before the base's __init__, which calls reset()
+        super().__init__(loaded, chunk=coder.chunk, **kwargs)
+        self.coder = coder
         self.keyframe_heuristic = dict(demos.get("keyframe_heuristic") or {})
         self.tasks: list[str] = list(demos.get("tasks") or [])
         self.trained_episodes: list[str] = list(demos.get("episodes") or [])  # the fine-tuning demonstrations
-        tok = config["tokenizer"]["config"]
-        self.window, self.resolution = int(tok["encode_window"]), int(tok["resolution"])
-        self.grid = tuple(int(g) for g in tok["latent_shape"])
-        if not 1 <= execute_steps <= self.chunk:
-            raise PolicyError(f"execute_steps={execute_steps}: expected 1..{self.chunk} (the chunk length)")
-        self.execute_steps = int(execute_steps)
-        if truncation_r is not None:
-            from vpdd_kernels.sampling import check_truncation_r
-
-            try:
-                check_truncation_r(truncation_r)
-            except ValueError as err:
-                raise PolicyError(str(err)) from None
-        self.sampling_stride, self.truncation_r = sampling_stride, truncation_r
-        self.device = torch.device(device)
-        self.generator = torch.Generator(device=self.device)
-        self.table.set_encoder_factory(self._text_encoder)
-        self.reset(seed)
-        self.eval()
-
-    # ------------------------------------------------------------------------------ loading/saving
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", kernel_impl: str = "auto",
-                        **kwargs: Any) -> RLBenchPolicy:
-        """Load a ``vpdd-policy`` checkpoint written by ``vpdd rlbench finetune``. ``kernel_impl``: the
-        ``kernel.impl`` setting (auto|triton|torch; ``VPDD_KERNEL_IMPL`` wins)."""
-        return cls(load_vpdd_checkpoint(path, device=device, kernel_impl=kernel_impl), device=device, **kwargs)
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write the policy as a checkpoint directory (weights, config, lineage; no training state)."""
-        config = copy.deepcopy(self.config)
-        config["language"]["texts"] = list(self.table.texts)
-        src = self.loaded.checkpoint
-        meta = {"step": src.step, "metrics": src.meta.get("metrics", {}), "saved_from": str(src.path),
-                "source_checkpoint_hash": src.meta.get("checkpoint_hash")}
-        lineage_file = src.path / LINEAGE_FILE
-        lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else None
-        return save_vpdd_checkpoint(path, config=config, model_state=self.model.state_dict(),
-                                    tokenizer_state=self.tokenizer.inference_state_dict(),
-                                    text_vectors=self.table.vectors, meta=meta, lineage=lineage)
-
-    def _text_encoder(self):
-        """The checkpoint's text encoder, for instructions not in its table (refused if the weights differ)."""
-        from vpdd.config.model import LanguageConfig
-        from vpdd.models.language import build_text_encoder, encoder_identity
-
-        lang = self.config["language"]
-        cfg = LanguageConfig(**lang["config"])
-        now = encoder_identity(cfg)
-        if now.get("weights_sha256") != lang.get("weights_sha256") or now["dim"] != lang["dim"]:
-            raise PolicyError(f"cannot embed a new instruction: the text encoder here ({now}) is not the one the "
-                              "policy was trained with")
-        return build_text_encoder(cfg)
-
-    @property
-    def chunk(self) -> int:
-        return self.coder.chunk
 
     # --------------------------------------------------------------------------------- episode state
     def reset(self, seed: int | None = None) -> None:
         """A new episode: forget the frame history and the queued keyframes; reseed when ``seed`` is given."""
         self._frames: dict[str, deque[np.ndarray]] = {c: deque(maxlen=self.window) for c in self.cameras}
-        self._queue: deque[np.ndarray] = deque()
-        if seed is not None:
-            self.generator.manual_seed(int(seed))
-
-    @property
-    def queued_actions(self) -> int:
-        """Keyframes left from the last predicted chunk; 0 means the next ``select_action`` predicts."""
-        return len(self._queue)
+        super().reset(seed)
 
     def _views(self, views: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         from vpdd.rlbench.reader import PerActFormatError, resize_frame
@@ -185,21 +107,9 @@ class RLBenchPolicy(nn.Module):
         return np.stack(out)  # (V, W, H, W, 3)
 
     # -------------------------------------------------------------------------------------- inference
-    @torch.no_grad()
     def _predict(self, windows: np.ndarray, instruction: str) -> KeyframePrediction:
-        from vpdd.tokenizer.model import to_model_input
-
-        clips = to_model_input(torch.from_numpy(np.ascontiguousarray(windows)).to(self.device))
-        history = self.tokenizer.encode(clips)  # (V, t, h, w)
-        lang = self.table.lookup([instruction]).to(self.device)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            x = sample_tokens(self.model, self.scheduler, history.reshape(1, -1), lang, self.generator,
-                              stride=self.sampling_stride, truncation_r=self.truncation_r)
-        finally:
-            self.model.train(was_training)
-        video, action = self.layout.split(x)
+        history = self._encode_windows(windows)  # (V, t, h, w)
+        video, action = self._sample(history.reshape(1, -1), [instruction])
         bins = self.layout.tokens_to_actions(action).cpu().numpy()[0]
         return KeyframePrediction(self.coder.decode_chunk_poses(bins), bins,
                                   video.reshape(len(self.cameras), *self.grid), history)
@@ -228,8 +138,6 @@ class RLBenchPolicy(nn.Module):
 
     # --------------------------------------------------------------------------------------- training
     def _tokens(self, batch: dict[str, Any], key: str) -> torch.Tensor:
-        from vpdd.tokenizer.model import to_model_input
-
         if key in batch:
             tokens = torch.as_tensor(batch[key]).to(self.device, torch.long)
             tokens = tokens.reshape(len(tokens), -1)
@@ -243,10 +151,8 @@ class RLBenchPolicy(nn.Module):
             if frames.dtype != np.uint8 or frames.ndim != 6 or frames.shape[1:] != want:
                 raise PolicyError(f"batch['{key}_frames']: expected uint8 (B, {', '.join(map(str, want))}) "
                                   f"(views in the order {self.cameras}), got {frames.dtype} {frames.shape}")
-            flat = np.ascontiguousarray(frames.reshape(-1, *want[1:]))
-            with torch.no_grad():
-                tokens = self.tokenizer.encode(to_model_input(torch.from_numpy(flat).to(self.device)))
-            tokens = tokens.reshape(len(frames), -1)  # the views one after another, as the token cache's pairs
+            # the views one after another, as the token cache's pairs
+            tokens = self._encode_windows(frames.reshape(-1, *want[1:])).reshape(len(frames), -1)
         if tokens.shape[1] != self.layout.n_video_tokens:
             raise PolicyError(f"batch['{key}']: {tokens.shape[1]} video tokens per sample, expected "
                               f"{self.layout.n_video_tokens} ({len(self.cameras)} views x {self.grid})")
@@ -262,25 +168,14 @@ class RLBenchPolicy(nn.Module):
         scheduler's importance-sampling history only in training mode."""
         history, target = self._tokens(batch, "history"), self._tokens(batch, "target")
         n = history.shape[0]
-        if "action_bins" in batch:
-            bins = torch.as_tensor(batch["action_bins"]).to(self.device, torch.long).reshape(n, -1)
-        elif "actions" in batch:
+        bins = self._bins(batch, n)
+        if bins is None and "actions" in batch:
             a = np.asarray(batch["actions"], dtype=np.float64)
             if a.shape != (n, self.chunk, ACTION_DIM):
                 raise PolicyError(f"batch['actions']: expected ({n}, {self.chunk}, {ACTION_DIM}) keyframe actions "
                                   f"[x, y, z, qx, qy, qz, qw, gripper_open], got {a.shape}")
             bins = torch.from_numpy(self.coder.encode_pose(a[..., :7], a[..., 7]).reshape(n, -1)).to(self.device)
-        else:
+        elif bins is None:
             raise PolicyError(f"batch: expected 'actions' ({n}, {self.chunk}, {ACTION_DIM}) or 'action_bins' "
                               f"({n}, {self.chunk * len(DIMS)})")
-        if "lang" in batch:
-            lang = torch.as_tensor(batch["lang"]).to(self.device, torch.float32)
-        else:
-            texts = batch["instruction"]
-            texts = [texts] * n if isinstance(texts, str) else list(texts)
-            if len(texts) != n:
-                raise PolicyError(f"batch: {len(texts)} instructions for {n} samples")
-            lang = self.table.lookup(texts).to(self.device)
-        x0 = torch.cat([target, self.layout.actions_to_tokens(bins)], dim=1)
-        return diffusion_loss(self.model, self.scheduler, x0, history, lang, batch.get("generator"),
-                              update_history=self.training)
+        return self._loss(batch, history, target, bins)
