@@ -11,11 +11,12 @@ the run that made it. A file too large to embed gets a card saying so, with a co
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import shutil
 from fractions import Fraction
 from pathlib import Path
+
+from vpdd.utils.io import sha256_file as sha256
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                ".svg": "image/svg+xml", ".webp": "image/webp"}
@@ -35,14 +36,6 @@ CAPTIONS = {
                         "predicted future (labelled in the image).",
     "side_by_side.gif": "The held-out side-by-side as an animation (real | reconstruction | prediction).",
 }
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def frozen_copy(repo: Path, path: Path) -> Path:

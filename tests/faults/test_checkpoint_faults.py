@@ -23,10 +23,10 @@ from vpdd.runtime.checkpoint import (
     STATE_NAME,
     WEIGHTS_NAME,
     CheckpointError,
-    _sha256_file,
     load_checkpoint,
     save_checkpoint,
 )
+from vpdd.utils.io import sha256_file
 
 WRITER = """
 import sys, torch
@@ -49,7 +49,7 @@ def _save(path: Path, step: int = 1) -> Path:
 def _rehash(path: Path) -> None:
     """Rewrite meta.json so every file matches again (an attacker or a careless tool)."""
     meta = json.loads((path / META_NAME).read_text())
-    meta["files"] = {name: _sha256_file(path / name) for name in meta["files"]}
+    meta["files"] = {name: sha256_file(path / name) for name in meta["files"]}
     (path / META_NAME).write_text(json.dumps(meta))
 
 

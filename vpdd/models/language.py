@@ -22,7 +22,6 @@ file); checkpoints record it and fine-tuning refuses a pre-trained model made wi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -31,6 +30,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+from vpdd.utils.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,6 @@ class TextEncoder(Protocol):
     dim: int
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _minilm_path() -> Path:
@@ -147,12 +140,12 @@ def encoder_identity(cfg) -> dict[str, Any]:
     """What an encoder is, without loading it: {"encoder", "model", "dim", "weights_sha256"}."""
     if cfg.encoder == "minilm":
         weights = _minilm_path() / "model.safetensors"
-        digest = _sha256(weights) if weights.is_file() else None
+        digest = sha256_file(weights) if weights.is_file() else None
         return {"encoder": "minilm", "model": MINILM_PACKAGE, "dim": MINILM_DIM, "weights_sha256": digest}
     if cfg.encoder == "clip":
         path = _clip_file(cfg.clip_checkpoint)
         return {"encoder": "clip", "model": cfg.clip_model, "dim": clip_dim(cfg.clip_model),
-                "weights_sha256": _sha256(path)}
+                "weights_sha256": sha256_file(path)}
     raise LanguageError(f"model.language.encoder={cfg.encoder!r}: expected 'minilm' or 'clip'")
 
 

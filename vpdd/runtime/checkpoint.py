@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from vpdd.utils.io import atomic_directory, atomic_write_json
+from vpdd.utils.io import atomic_directory, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,6 @@ class Checkpoint:
     @property
     def step(self) -> int:
         return int(self.meta.get("step", 0))
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(
@@ -106,7 +98,7 @@ def save_checkpoint(
             (tmp / name).write_bytes(data)
             files.append(name)
         record = dict(meta or {})
-        record["files"] = {name: _sha256_file(tmp / name) for name in files}
+        record["files"] = {name: sha256_file(tmp / name) for name in files}
         record["checkpoint_hash"] = _identity_hash(record["files"])
         atomic_write_json(tmp / META_NAME, record)  # last: its presence marks the directory complete
         _default_permissions(tmp)
@@ -162,7 +154,7 @@ def checkpoint_hash(path: str | os.PathLike) -> str:
     missing = [n for n in IDENTITY_FILES if not (path / n).is_file()]
     if missing:
         raise CheckpointError(f"{path}: not a checkpoint directory (missing {missing})")
-    return _identity_hash({n: _sha256_file(path / n) for n in IDENTITY_FILES})
+    return _identity_hash({n: sha256_file(path / n) for n in IDENTITY_FILES})
 
 
 def _verify(path: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -183,7 +175,7 @@ def _verify(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         if not file.is_file():
             return None, f"{file}: missing (listed in {META_NAME})"
         try:
-            actual = _sha256_file(file)
+            actual = sha256_file(file)
         except OSError as err:
             return None, f"{file}: unreadable ({err.strerror or err})"
         if actual != digest:

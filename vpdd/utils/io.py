@@ -15,6 +15,7 @@ command's own output by its marker: a file (glob) that the command always writes
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +27,15 @@ from typing import Any
 
 class OutputFolderError(ValueError):
     """``--out`` would destroy something that is not this command's own earlier output."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
