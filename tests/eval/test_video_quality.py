@@ -62,8 +62,14 @@ def test_metaworld_run_writes_outputs_and_repeats_byte_for_byte(trained, params_
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     from vpdd.utils.records import read_record
 
-    assert set(json.loads((tmp_path / "a" / "metrics.json").read_text())) == {"mean", "per_task"}
+    assert set(json.loads((tmp_path / "a" / "metrics.json").read_text())) == {"mean", "per_task", "tokens",
+                                                                              "foresight_probe"}
     m = read_record(tmp_path / "a" / "metrics.json")
+    # the foresight probe ran on 12 states per episode (fewer where an episode is short), in three modes
+    probe = m["foresight_probe"]
+    assert 2 <= probe["states"] <= 2 * 12 and set(probe["per_task"]) == set(synthetic.TASKS)
+    assert all(0 <= probe["mean"][k] <= 2 for k in ("deployed", "true_future", "masked", "discretization"))
+    assert 0 <= m["tokens"]["mean"]["predicted_acc"] <= 1 and 0 <= m["tokens"]["mean"]["copy_last_acc"] <= 1
     tasks = synthetic.TASKS
     assert set(m["per_task"]) == set(tasks) and set(m["mean"]) == set(vq.ROWS)
     for row in vq.ROWS:

@@ -49,7 +49,10 @@ def test_pretraining_writes_a_self_describing_checkpoint_and_metrics(trained):
     live = trained["root"] / "live_pretrain"
     metrics = json.loads((live / "metrics.json").read_text())
     assert metrics["step"] == 6 and metrics["train"]["loss"] > 0
-    assert 0 <= metrics["eval"]["video_token_acc"] <= 1
+    ev = metrics["eval"]
+    assert 0 <= ev["video_token_acc"] <= 1 and 0 <= ev["changed_token_fraction"] <= 1
+    # accuracy on the changed tokens exactly when some change
+    assert ("video_changed_token_acc" in ev) == (ev["changed_token_fraction"] > 0)
     rows = (live / "plots/metrics/train/loss.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows[1:]] == ["2", "4", "6"]
     assert Image.open(live / "samples.png").size[0] > 0

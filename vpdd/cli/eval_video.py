@@ -4,7 +4,8 @@
         [--robot data/metaworld] [--episodes 2 --windows 4 --seed 0 --sampling-stride 10 --examples 2]
 
 Writes ``metrics.json`` (PSNR/SSIM per task and mean for the predicted clip, the tokenizer's reconstruction and
-the copy-last-frame baseline), ``side_by_side.png`` and ``side_by_side.gif`` into ``--out``
+the copy-last-frame baseline; token accuracy; for a policy, the foresight probe), ``side_by_side.png`` and
+``side_by_side.gif`` into ``--out``
 (:mod:`vpdd.eval.video_quality`, docs/evaluation.md). ``register_video(sub)`` adds the ``video`` subcommand to
 the ``vpdd eval`` subparsers.
 """
@@ -35,6 +36,8 @@ def register_video(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="held-out scenes and sampling seed (default 0)")
     p.add_argument("--sampling-stride", type=int, default=10,
                    help="reverse-diffusion stride (default 10; 0: the checkpoint's diffusion.sampling_stride)")
+    p.add_argument("--probe-windows", type=int, default=12,
+                   help="held-out states per episode for the foresight probe of a policy (default 12; 0: none)")
     p.add_argument("--examples", type=int, default=2, help="examples per task in the PNG/GIF (default 2)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per reverse diffusion (default 16)")
     p.add_argument("--keep-failures", action="store_true", help="keep scripted episodes that did not succeed")
@@ -50,7 +53,7 @@ def run_video(args: argparse.Namespace) -> int:
     settings = VideoEvalSettings(
         episodes_per_task=args.episodes, windows_per_episode=args.windows,
         sampling_stride=args.sampling_stride or None, seed=args.seed, examples_per_task=args.examples,
-        batch_size=args.batch_size, keep_failures=args.keep_failures,
+        batch_size=args.batch_size, keep_failures=args.keep_failures, probe_windows_per_episode=args.probe_windows,
     )
     start = time.perf_counter()
     metrics = run_video_eval(args.policy, cfg, args.out, settings, tasks=args.tasks, robot=args.robot,
@@ -58,4 +61,8 @@ def run_video(args: argparse.Namespace) -> int:
     summary = {"mean": metrics["mean"], "windows": metrics["counts"]["windows"],
                "seconds": round(time.perf_counter() - start, 1), "out": str(args.out)}
     print(json.dumps(summary))
+    if "foresight_probe" in metrics:
+        from vpdd.eval.foresight import probe_table
+
+        print("\n".join(probe_table(metrics["foresight_probe"], metrics["tokens"])))
     return 0

@@ -77,8 +77,11 @@ class VideoEvalSettings:
     batch_size: int = 16  # windows per reverse diffusion
     keep_failures: bool = False
     max_attempts_per_episode: int = 3
+    probe_windows_per_episode: int = 12  # held-out states per episode for the foresight probe (0: no probe)
 
     def check(self) -> None:
+        if self.probe_windows_per_episode < 0:
+            raise VideoEvalError(f"probe_windows_per_episode={self.probe_windows_per_episode}: expected >= 0")
         for key in ("episodes_per_task", "windows_per_episode", "batch_size", "max_attempts_per_episode"):
             if getattr(self, key) < 1:
                 raise VideoEvalError(f"{key}={getattr(self, key)}: expected a value >= 1")
@@ -267,6 +270,8 @@ class EpisodeWindows:
     predicted: np.ndarray
     reconstruction: np.ndarray
     scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # row -> {"psnr", "ssim"} (M,)
+    tokens: dict[str, np.ndarray] = field(default_factory=dict)  # vpdd.eval.foresight.token_scores (M,)
+    probe: dict[str, np.ndarray] | None = None  # vpdd.eval.foresight.probe_episode, on its own states
 
 
 def evaluate_windows(policy: Any, episodes: Sequence[Any], settings: VideoEvalSettings, future_offset: int,
@@ -274,8 +279,10 @@ def evaluate_windows(policy: Any, episodes: Sequence[Any], settings: VideoEvalSe
     """Predict and score the sampled windows of every episode (see the module docstring)."""
     from tqdm import tqdm
 
-    from vpdd.tokenizer.model import to_model_input, to_uint8
+    from vpdd.eval.foresight import probe_episode, token_scores
+    from vpdd.tokenizer.model import to_uint8
 
+    probe = settings.probe_windows_per_episode > 0 and policy.discretizer is not None and policy.is_policy
     out: list[EpisodeWindows] = []
     number: dict[str, int] = {}
     for ep in tqdm(episodes, desc="video prediction", unit="episode", disable=not progress):
@@ -284,13 +291,16 @@ def evaluate_windows(policy: Any, episodes: Sequence[Any], settings: VideoEvalSe
         steps = window_steps(len(ep), future_offset, settings.windows_per_episode)
         history, real, ends = clip_windows(ep.frames, steps, future_offset, policy.window)
         policy.reset(seed=policy_seed(settings.seed, task, k))
-        preds, recons = [], []
+        preds, recons, tokens = [], [], {"predicted": [], "true": [], "history": []}
         for i in range(0, len(steps), settings.batch_size):
             sl = slice(i, i + settings.batch_size)
-            preds.append(policy.predict_video({"history": history[sl]}, [ep.instruction] * len(history[sl])))
+            sample = policy.predict({"history": history[sl]}, [ep.instruction] * len(history[sl]))
+            true = policy._encode_windows(real[sl])
             with torch.no_grad():
-                clips = to_model_input(torch.from_numpy(np.ascontiguousarray(real[sl])).to(policy.device))
-                recons.append(to_uint8(policy.tokenizer.decode(policy.tokenizer.encode(clips))).cpu().numpy())
+                preds.append(to_uint8(policy.tokenizer.decode(sample.video_tokens)).cpu().numpy())
+                recons.append(to_uint8(policy.tokenizer.decode(true)).cpu().numpy())
+            for key, grid in (("predicted", sample.video_tokens), ("true", true), ("history", sample.history_tokens)):
+                tokens[key].append(grid.cpu())
         predicted, reconstruction = np.concatenate(preds), np.concatenate(recons)
         if predicted.shape != real.shape:
             raise VideoEvalError(f"the model predicts clips of shape {predicted.shape[1:]}, but the real future "
@@ -300,12 +310,21 @@ def evaluate_windows(policy: Any, episodes: Sequence[Any], settings: VideoEvalSe
         for row, clip in (("predicted", predicted), ("reconstruction", reconstruction), ("copy_last", copy_last)):
             p, s = clip_scores(real, clip)
             rec.scores[row] = {"psnr": p, "ssim": s}
+        rec.tokens = token_scores(*(torch.cat(tokens[key]) for key in ("predicted", "true", "history")))
+        if probe:
+            p_steps = window_steps(len(ep), future_offset, settings.probe_windows_per_episode)
+            p_hist, p_real, _ = clip_windows(ep.frames, p_steps, future_offset, policy.window)
+            rec.probe = probe_episode(policy, ep, p_steps, p_hist, policy._encode_windows(p_real),
+                                      policy_seed(settings.seed, task, k), settings.batch_size)
         out.append(rec)
     return out
 
 
 def summarise(results: Sequence[EpisodeWindows], tasks: Sequence[str]) -> dict[str, Any]:
-    """Per task: mean PSNR/SSIM of each row over its windows, and counts; ``mean``: the mean over tasks."""
+    """Per task: mean PSNR/SSIM of each row over its windows, and counts; ``mean``: the mean over tasks;
+    ``tokens`` and ``foresight_probe`` (:mod:`vpdd.eval.foresight`)."""
+    from vpdd.eval.foresight import summarise_probe, summarise_tokens
+
     per_task, counts = {}, {}
     for task in tasks:
         mine = [r for r in results if r.task == task]
@@ -315,7 +334,14 @@ def summarise(results: Sequence[EpisodeWindows], tasks: Sequence[str]) -> dict[s
             for row in ROWS
         }
     mean = {row: {m: float(np.mean([per_task[t][row][m] for t in tasks])) for m in ("psnr", "ssim")} for row in ROWS}
-    return {"mean": mean, "per_task": per_task, "counts": counts}
+    summary = {"mean": mean, "per_task": per_task, "counts": counts,
+               "tokens": summarise_tokens({t: {k: np.concatenate([r.tokens[k] for r in results if r.task == t])
+                                               for k in results[0].tokens} for t in tasks})}
+    if results and results[0].probe is not None:
+        summary["foresight_probe"] = summarise_probe(
+            {t: {k: np.concatenate([r.probe[k] for r in results if r.task == t]) for k in results[0].probe}
+             for t in tasks})
+    return summary
 
 
 # ------------------------------------------------------------------------------------------------- images
@@ -476,6 +502,8 @@ def run_video_eval(policy_dir: str | Path, cfg: Any, out: str | Path, settings: 
                        "checkpoint_hash": meta.get("checkpoint_hash")},
         "mean": summary["mean"],
         "per_task": summary["per_task"],
+        "tokens": summary["tokens"],
+        **({"foresight_probe": summary["foresight_probe"]} if "foresight_probe" in summary else {}),
         "counts": {"tasks": len(tasks), "episodes": len(episodes),
                    "windows": int(sum(c["windows"] for c in summary["counts"].values())),
                    "per_task": summary["counts"]},

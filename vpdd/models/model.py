@@ -216,10 +216,17 @@ def sample_tokens(
     generator: torch.Generator | None = None,
     stride: int | None = None,
     truncation_r: float | None = None,
+    video: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Denoise [future video ; actions] from all-[MASK] given history tokens (B, N_v) and language (B, L)."""
+    """Denoise [future video ; actions] from all-[MASK] given history tokens (B, N_v) and language (B, L).
+
+    ``video`` (B, N_v) global indices, if given, is the video part the network reads at every step instead of
+    the chain's own (the foresight probe hands it the true future, or all [MASK]); the chain still samples
+    its video tokens, so the generator's draws are the same as without it."""
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor):
+        if video is not None:
+            x_t = torch.cat([video, x_t[:, video.shape[1]:]], dim=1)
         with autocast(x_t.device):
             video_logits, action_logits = net(x_t, t, history, lang)
         return _float(video_logits), _float(action_logits)

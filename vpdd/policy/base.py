@@ -153,14 +153,16 @@ class CheckpointPolicy(nn.Module):
         return self.tokenizer.encode(to_model_input(torch.from_numpy(np.ascontiguousarray(windows)).to(self.device)))
 
     @torch.no_grad()
-    def _sample(self, history: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One joint reverse diffusion from all-[MASK] given (B, N_v) history tokens: (video, action) tokens."""
+    def _sample(self, history: torch.Tensor, texts: list[str],
+                video: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One joint reverse diffusion from all-[MASK] given (B, N_v) history tokens: (video, action) tokens.
+        ``video``: what the network reads as the video part instead of the chain's own (``sample_tokens``)."""
         lang = self.table.lookup(texts).to(self.device)
         was_training = self.model.training
         self.model.eval()
         try:
             x = sample_tokens(self.model, self.scheduler, history, lang, self.generator,
-                              stride=self.sampling_stride, truncation_r=self.truncation_r)
+                              stride=self.sampling_stride, truncation_r=self.truncation_r, video=video)
         finally:
             self.model.train(was_training)
         return self.layout.split(x)

@@ -126,20 +126,34 @@ class VPDDPolicy(CheckpointPolicy):
         return check_instructions(instruction, n)
 
     # -------------------------------------------------------------------------------------- inference
-    def _predict(self, window: np.ndarray, texts: list[str]) -> PolicyOutput:
+    def _predict(self, window: np.ndarray, texts: list[str], foresight: Any = None) -> PolicyOutput:
         history = self._encode_windows(window)
-        video, action = self._sample(history.reshape(len(texts), -1), texts)
+        n = len(texts)
+        if isinstance(foresight, str) and foresight == "masked":
+            video = torch.full((n, self.layout.n_video_tokens), self.layout.mask_id, device=self.device)
+        elif foresight is not None:
+            video = torch.as_tensor(foresight).to(self.device, torch.long).reshape(n, -1)
+            if video.shape[1] != self.layout.n_video_tokens:
+                raise PolicyError(f"foresight: {video.shape[1]} video tokens per sample, expected "
+                                  f"{self.layout.n_video_tokens} (the grid {self.grid})")
+        else:
+            video = None
+        video_tokens, action = self._sample(history.reshape(n, -1), texts, video)
         actions = bins = None
         if self.discretizer is not None and self.model.action is not None:
             bins = self.layout.tokens_to_actions(action).cpu().numpy()
             actions = self.discretizer.decode_chunk(bins)
-        return PolicyOutput(actions, bins, video.reshape(len(texts), *self.grid), history)
+        return PolicyOutput(actions, bins, video_tokens.reshape(n, *self.grid), history)
 
-    def predict(self, observation: Any, instruction: str | Sequence[str]) -> PolicyOutput:
-        """One joint sample of the future clip and the action chunk (does not touch the frame history)."""
+    def predict(self, observation: Any, instruction: str | Sequence[str], foresight: Any = None) -> PolicyOutput:
+        """One joint sample of the future clip and the action chunk (does not touch the frame history).
+
+        ``foresight`` (the probe of ``vpdd eval video``): None, the deployed policy (the network reads the
+        video tokens sampled with the actions); ``(B, t, h, w)`` video tokens it reads instead at every step
+        (e.g. the true future); or ``"masked"``, all [MASK] (no foresight)."""
         frame, win, _ = self._as_frames(observation)
         window = win if win is not None else self._window(frame, record=False)
-        return self._predict(window, self._instructions(instruction, len(window)))
+        return self._predict(window, self._instructions(instruction, len(window)), foresight)
 
     def _lerobot_batch(self, observation: Any, instruction: Any) -> tuple[Any, Any]:
         """(observation, instruction) of a LeRobot batch dict; other input passes through unchanged."""

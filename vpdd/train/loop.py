@@ -23,9 +23,9 @@ skeleton (:class:`vpdd.runtime.skeleton.Trainer`) runs the loop, resume, stop fl
 Benchmarks other than Meta-World plug in through :class:`StageHooks` (their own sequence source, action
 network and lineage params; the RLBench stages use them); multi-view data multiplies the video tokens per
 sequence by its ``views``. At the end rank 0 samples ``eval_samples`` sequences with the EMA weights:
-video-token accuracy against the true future (and, as a reference, the accuracy of copying the history),
-action-bin accuracy and decoded L1 (fine-tuning), and an image grid ``live_dir/samples.png`` (per row:
-history window | true future | predicted future).
+video-token accuracy against the true future, overall and on the tokens that change (and, as a reference,
+the accuracy of copying the history), action-bin accuracy and decoded L1 (fine-tuning), and an image grid
+``live_dir/samples.png`` (per row: history window | true future | predicted future).
 """
 
 from __future__ import annotations
@@ -379,6 +379,10 @@ def _evaluate(model, ema, spec, scheduler, data, text_vectors, vq, layout, scfg,
         "eval/video_token_acc": float((video == batch.target).float().mean()),
         "eval/copy_history_token_acc": float((batch.history == batch.target).float().mean()),
     }
+    changed = batch.history != batch.target  # where copying the history is wrong by definition
+    out["eval/changed_token_fraction"] = float(changed.float().mean())
+    if changed.any():
+        out["eval/video_changed_token_acc"] = float((video == batch.target)[changed].float().mean())
     if has_actions(data):
         bins = layout.tokens_to_actions(action).cpu().numpy()
         true = batch.actions.cpu().numpy()
