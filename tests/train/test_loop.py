@@ -180,3 +180,41 @@ def test_a_checkpoint_of_another_format_is_refused_naming_both_versions(trained,
     (copy / "config.json").write_text(json.dumps({**cfg, "format": 99}))
     with pytest.raises(CheckpointError, match="vpdd checkpoint format 99, this code reads format 1"):
         load_vpdd_checkpoint(copy)
+
+
+def test_masked_foresight_trains_and_acts_on_all_mask_video(trained, synthetic, tmp_path, monkeypatch):
+    """finetune.foresight=masked: the network reads all [MASK] as the video in every training step and in
+    every reverse step of the policy it makes (the same input at training and test time)."""
+    import numpy as np
+
+    from vpdd.models import model as model_module
+    from vpdd.policy import VPDDPolicy
+    from vpdd.train.loop import train_stage
+
+    cfg = synthetic.config(**{"finetune.foresight": "masked", "finetune.steps": 2})
+    seen = []
+    forward = model_module.VPDDModel.forward
+
+    def spy(self, x_t, t, history, lang):
+        seen.append(self.layout.split(x_t)[0].clone())
+        return forward(self, x_t, t, history, lang)
+
+    monkeypatch.setattr(model_module.VPDDModel, "forward", spy)
+    out = tmp_path / "policy"
+    train_stage("finetune", cfg, tokens=trained["tokens"], tokenizer=trained["tokenizer"], out=out,
+                robot=trained["robot"], pretrained=trained["pretrain"], params_file=None, progress=False)
+    policy = VPDDPolicy.from_pretrained(out, sampling_stride=5)
+    mask_id = policy.layout.mask_id
+    assert seen and all(bool((v == mask_id).all()) for v in seen)  # training steps and the stage's evaluation
+    seen.clear()
+    frame = np.zeros((policy.resolution, policy.resolution, 3), dtype=np.uint8)
+    policy.reset(seed=0)
+    deployed = policy.predict_action_chunk(frame, "reach the goal")
+    assert seen and all(bool((v == mask_id).all()) for v in seen)
+    policy.reset(seed=0)
+    masked = policy.predict({"image": frame[None]}, "reach the goal", foresight="masked").actions[0]
+    np.testing.assert_array_equal(deployed, masked)
+    # the default policy reads the video it samples: not all [MASK] after the first step
+    seen.clear()
+    VPDDPolicy.from_pretrained(trained["policy"], sampling_stride=5).predict_action_chunk(frame, "reach the goal")
+    assert not all(bool((v == mask_id).all()) for v in seen)

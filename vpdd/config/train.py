@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from vpdd.config.base import Check, Validated, in_range, positive
 
 PARTS = ("video", "action")
+FORESIGHT = ("noised_truth", "masked")  # finetune.foresight
 
 
 @dataclass
@@ -75,10 +76,16 @@ class FinetuneConfig(StageConfig):
     train: list[str] = field(default_factory=lambda: ["action"])
     demos_per_task: int = 10  # N robot demonstrations per fine-tuning task
     init_from_pretrained: bool = True  # False gives the no-pre-training ablation
+    # What the network reads as the future video while the action network learns, and so when it acts:
+    # "noised_truth" (the released code: the true future noised to the step's t, while closed loop hands it
+    # its own samples) or "masked" (all [MASK] in training and sampling: the video network's features of the
+    # current observation only, the same at training and test time). docs/training.md.
+    foresight: str = "noised_truth"
 
     def checks(self) -> list[Check]:
         return [
             *super().checks(),
             *positive(self, "demos_per_task"),
+            Check("foresight", self.foresight in FORESIGHT, f"one of {list(FORESIGHT)}"),
             Check("train", "action" in self.train, "a list containing 'action' (fine-tuning trains the policy)"),
         ]

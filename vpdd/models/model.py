@@ -193,14 +193,18 @@ def diffusion_loss(
     lang: torch.Tensor,
     generator: torch.Generator | None = None,
     update_history: bool = True,
+    video: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One training loss: draw t, noise x0 (B, N) with the scheduler, run ``net``, score with the scheduler.
 
-    ``net`` may be a DDP wrapper of :class:`VPDDModel`. Logits are cast to float32 before the loss."""
+    ``net`` may be a DDP wrapper of :class:`VPDDModel`. Logits are cast to float32 before the loss. ``video``
+    (B, N_v), if given, is the video part the network reads instead of the noised one (``finetune.foresight``
+    = masked); the loss still scores the noised sequence."""
     t, pt = scheduler.sample_timesteps(x0.shape[0], generator)
     x_t = scheduler.add_noise(x0, t, generator)
+    x_in = x_t if video is None else torch.cat([video, x_t[:, video.shape[1]:]], dim=1)
     with autocast(x0.device):
-        video_logits, action_logits = net(x_t, t, history, lang)
+        video_logits, action_logits = net(x_in, t, history, lang)
     loss, info = scheduler.loss(_float(video_logits), _float(action_logits), x0, x_t, t, pt,
                                 update_history=update_history)
     info["t_mean"] = t.float().mean()

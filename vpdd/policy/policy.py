@@ -68,6 +68,8 @@ class VPDDPolicy(CheckpointPolicy):
         super().__init__(loaded, chunk=loaded.spec.chunk, **kwargs)
         self.discretizer = loaded.discretizer
         self.action_dim = loaded.spec.action_dim
+        # finetune.foresight of the run that trained it: a "masked" policy acts without foresight, as it learnt
+        self.foresight = (self.config.get("train") or {}).get("foresight", "noised_truth")
 
     def reset(self, seed: int | None = None) -> None:
         """Start new episode(s): forget the frame history and the queued actions; reseed if ``seed``."""
@@ -136,6 +138,8 @@ class VPDDPolicy(CheckpointPolicy):
             if video.shape[1] != self.layout.n_video_tokens:
                 raise PolicyError(f"foresight: {video.shape[1]} video tokens per sample, expected "
                                   f"{self.layout.n_video_tokens} (the grid {self.grid})")
+        elif self.foresight == "masked":  # what it was trained to read
+            video = torch.full((n, self.layout.n_video_tokens), self.layout.mask_id, device=self.device)
         else:
             video = None
         video_tokens, action = self._sample(history.reshape(n, -1), texts, video)
@@ -149,8 +153,9 @@ class VPDDPolicy(CheckpointPolicy):
         """One joint sample of the future clip and the action chunk (does not touch the frame history).
 
         ``foresight`` (the probe of ``vpdd eval video``): None, the deployed policy (the network reads the
-        video tokens sampled with the actions); ``(B, t, h, w)`` video tokens it reads instead at every step
-        (e.g. the true future); or ``"masked"``, all [MASK] (no foresight)."""
+        video tokens sampled with the actions, or all [MASK] for a policy trained with
+        ``finetune.foresight=masked``); ``(B, t, h, w)`` video tokens it reads instead at every step (e.g. the
+        true future); or ``"masked"``, all [MASK] (no foresight)."""
         frame, win, _ = self._as_frames(observation)
         window = win if win is not None else self._window(frame, record=False)
         return self._predict(window, self._instructions(instruction, len(window)), foresight)

@@ -60,7 +60,7 @@ from vpdd.runtime.fingerprint import code_digest, fingerprint_changes, jsonable
 from vpdd.runtime.live import log_metrics
 from vpdd.runtime.seeding import step_seed
 from vpdd.runtime.skeleton import Loop, Meter, Trainer, TrainResult
-from vpdd.train.datasets import FinetuneData, PretrainData
+from vpdd.train.datasets import FinetuneData, PretrainData, SequenceBatch
 from vpdd.train.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -291,6 +291,12 @@ def train_stage(
 
     params = model.trainable_parameters()
 
+    def masked_video(batch: SequenceBatch) -> torch.Tensor | None:
+        """All [MASK] as the network's video input when ``finetune.foresight`` is masked (else None)."""
+        if getattr(scfg, "foresight", "noised_truth") != "masked":
+            return None
+        return torch.full_like(batch.history, layout.mask_id)
+
     def train_step(step: int, meter: Meter) -> None:
         """``grad_accum`` micro-batches (DDP synchronises on the last), the guard, Adam, the EMA."""
         values = []
@@ -301,7 +307,7 @@ def train_stage(
             sync = info.enabled and micro < scfg.grad_accum - 1
             with net.no_sync() if sync else nullcontext():
                 loss, linfo = diffusion_loss(net, scheduler, batch.x0(layout), batch.history,
-                                             text_vectors[batch.lang_ids], gen)
+                                             text_vectors[batch.lang_ids], gen, video=masked_video(batch))
                 (loss / scfg.grad_accum).backward()
             values.append(float(loss.detach()))
             for k in ("kl_loss", "kl_video", "kl_action", "aux"):
@@ -373,7 +379,9 @@ def _evaluate(model, ema, spec, scheduler, data, text_vectors, vq, layout, scfg,
     batch = data.eval_batch(scfg.eval_samples, scfg.seed).to(dev)
     gen = torch.Generator(device=dev).manual_seed(scfg.seed + 17)
     stride = min(scfg.eval_stride, scheduler.num_timesteps)
-    x = sample_tokens(infer, scheduler, batch.history, text_vectors[batch.lang_ids], gen, stride=stride)
+    masked = torch.full_like(batch.history, layout.mask_id) if getattr(scfg, "foresight", "") == "masked" else None
+    x = sample_tokens(infer, scheduler, batch.history, text_vectors[batch.lang_ids], gen, stride=stride,
+                      video=masked)
     video, action = layout.split(x)
     out = {
         "eval/video_token_acc": float((video == batch.target).float().mean()),
