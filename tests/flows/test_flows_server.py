@@ -35,6 +35,7 @@ import yaml
 pytestmark = pytest.mark.flows
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+RUNS: dict[str, str] = {}  # flow-run ids of this module's runs, for the browser check
 FLOW_NAMES = ["vpdd-data", "vpdd-tokenize", "vpdd-pretrain", "vpdd-finetune", "vpdd-evaluate",
               "vpdd-bench-kernels", "vpdd-pipeline"]
 # results/eval/metrics.json as `vpdd eval` writes it (written by hand here: evaluation needs a simulator)
@@ -223,6 +224,7 @@ def test_pipeline_run_with_an_override_is_an_experiment_with_metrics_and_lineage
     t0 = time.monotonic()
     run_id = client.trigger(deployments["vpdd-pipeline/local"],
                             {"overrides": ["finetune.steps=4"], "exp_name": "ft4"})
+    RUNS["pipeline"] = run_id
     run = client.wait(run_id, timeout=240)
     print(f"vpdd-pipeline with an override: trigger to completion {time.monotonic() - t0:.1f} s")
     assert run["state"]["type"] == "COMPLETED", run["state"]
@@ -268,6 +270,61 @@ def test_pipeline_run_with_an_override_is_an_experiment_with_metrics_and_lineage
     assert md.count(run_id) >= 2  # the run's own line and the policy record's
     assert "MISMATCH" not in md
     assert float(arts["progress-vpdd-pipeline"]["data"]) == 100.0
+
+
+def _browser():
+    """A headless Chromium through Playwright, or a skip naming what is missing (neither is a dependency of
+    vpdd: ``pip install playwright`` and Debian's ``chromium``, or VPDD_CHROMIUM=/path/to/chrome)."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright for the browser check")
+    exe = os.environ.get("VPDD_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe:
+        pytest.skip("no Chromium on PATH (apt install chromium) for the browser check")
+    return sync_api, exe
+
+
+def test_the_ui_shows_the_run_artifacts_with_images_inline_and_videos_that_play(served, tmp_path):
+    """In a real headless browser: the flow run's Artifacts tab lists the cards, a figure card shows its image
+    and a rollout card's video loads and plays (data: URIs, no file:// link)."""
+    sync_api, exe = _browser()
+    client, _, _, _ = served
+    run_id = RUNS.get("pipeline")
+    if run_id is None:
+        pytest.skip("needs the pipeline run of test_pipeline_run_with_an_override_is_an_experiment_...")
+    arts = client.artifacts(run_id)
+    ui = client.url.removesuffix("/api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe,
+                                    args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{ui}/runs/flow-run/{run_id}")
+        page.wait_for_selector("text=Artifacts", timeout=60_000)  # the single-page app has rendered the run
+        page.locator("text=Artifacts").last.click()  # the tab (the first match is the navigation's)
+        page.wait_for_selector("text=media-results-finetune-samples-png", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "artifacts_tab.png"), full_page=True)
+        for key in ("metrics-finetune", "lineage", "media-results-eval-videos-push-v3-seed0-ep0-success-mp4"):
+            assert page.locator(f"text={key}").count() >= 1, key
+
+        page.goto(f"{ui}/artifacts/artifact/{arts['media-results-finetune-samples-png']['id']}")
+        img = page.wait_for_selector("img[src^='data:image/png;base64,']", timeout=60_000)
+        assert img.evaluate("e => e.complete && e.naturalWidth > 0 && e.naturalHeight > 0")
+        page.screenshot(path=str(tmp_path / "figure_card.png"), full_page=True)
+
+        page.goto(f"{ui}/artifacts/artifact/{arts['media-results-eval-videos-push-v3-seed0-ep0-success-mp4']['id']}")
+        video = page.wait_for_selector("video[src^='data:video/webm;base64,']", timeout=60_000)
+        # it loads, has frames and a duration, and plays (its clock advances)
+        assert video.evaluate("""v => new Promise(resolve => {
+            v.muted = true;
+            const play = () => v.play().then(() => setTimeout(() => resolve(
+                v.duration > 0 && v.videoWidth > 0 && !v.error && v.currentTime > 0), 300), () => resolve(false));
+            if (v.readyState >= 2) play();
+            else { v.addEventListener('loadeddata', play); v.addEventListener('error', () => resolve(false)); }
+            setTimeout(() => resolve(false), 15000);
+        })""")
+        page.screenshot(path=str(tmp_path / "video_card.png"), full_page=True)
+        browser.close()
+    print(f"browser screenshots in {tmp_path}")
 
 
 def test_a_failing_stage_is_named_with_its_stderr(served):
