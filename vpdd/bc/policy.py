@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from vpdd.bc.model import LINEAGE_FILE, load_bc_checkpoint, save_bc_checkpoint, to_input
+from vpdd.bc.model import KIND_BC, LINEAGE_FILE, load_bc_checkpoint, save_bc_checkpoint, to_input
 from vpdd.models.actions import ActionDiscretizer
 from vpdd.policy.base import PolicyError, check_instructions
-from vpdd.runtime.checkpoint import Checkpoint
+from vpdd.runtime.checkpoint import Checkpoint, read_config
 
 
 @dataclass
@@ -76,6 +76,10 @@ class BCPolicy(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> BCPolicy:
         """Load a ``vpdd-bc`` checkpoint directory; keyword arguments: ``execute_steps``, ``seed``."""
+        kind = read_config(path).get("kind")
+        if kind != KIND_BC:
+            raise PolicyError(f"{path}: a {kind!r} checkpoint, not a behaviour-cloning policy ({KIND_BC!r}); load "
+                              "it with VPDDPolicy, or train a BC policy with `vpdd train bc`")
         ckpt, net = load_bc_checkpoint(path, device=device)
         return cls(ckpt, net, device=device, **kwargs)
 
