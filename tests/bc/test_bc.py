@@ -132,3 +132,18 @@ def test_vpdd_eval_run_evaluates_a_bc_policy_and_refuses_an_unknown_kind(artefac
     save_checkpoint(tmp_path / "odd", config={"kind": "some-other-policy"}, weights={"w": torch.zeros(1)})
     with pytest.raises(EvaluationError, match="some-other-policy"):
         evaluate(tmp_path / "odd", settings, env, tmp_path / "eval_odd", progress=False)
+
+
+def test_the_dvc_stages_list_the_params_read_and_mirror_evaluate(repo_root):
+    import yaml
+
+    from vpdd.bc.train import PARAM_KEYS
+
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    assert sorted(stages["train_bc"]["params"]) == sorted(PARAM_KEYS)  # the lineage hashes what DVC tracks
+    ev, bc = stages["evaluate"], stages["evaluate_bc"]
+    assert bc["cmd"] == ev["cmd"].replace("models/policy", "models/bc").replace("results/eval", "results/eval_bc")
+    assert bc["params"] == ev["params"]
+    for key in ("outs", "metrics", "plots"):
+        assert json.dumps(bc[key]) == json.dumps(ev[key]).replace("results/eval/", "results/eval_bc/"), key
+    assert [d if d != "models/bc" else "models/policy" for d in bc["deps"]] == ev["deps"]
