@@ -15,6 +15,7 @@ flow                stages                                    parameters
 ``vpdd-pretrain``   pretrain                                  (the same)
 ``vpdd-finetune``   finetune                                  (the same)
 ``vpdd-evaluate``   evaluate (+ the success table)            (the same)
+``vpdd-bc``         train_bc, evaluate_bc                     (the same)
 ``vpdd-pipeline``   all, or ``targets`` and their upstream    overrides, exp_name, targets, force, fetch,
                     stages (+ the success table)              push
 ==================  =======================================  ==========================================
@@ -121,12 +122,16 @@ evaluate_flow = dvc_flow(
     "vpdd-evaluate", ["evaluate"],
     "Evaluation: DVC stage evaluate, then the per-task success table (`success-*` artifact) and the rollout "
     "videos, embedded (`media-*` artifacts).", evaluation=True)
+bc_flow = dvc_flow(
+    "vpdd-bc", ["train_bc", "evaluate_bc"],
+    "The behaviour-cloning baseline: DVC stages train_bc (models/bc, on the fine-tuning demonstrations) and "
+    "evaluate_bc (the closed-loop protocol of evaluate, results/eval_bc).")
 pipeline_flow = dvc_flow(
     "vpdd-pipeline", None,
     "The whole DVC pipeline (`dvc repro`, or a named `dvc exp run` with overrides), then its artifacts. "
     "``targets`` limits the run to these stages and what they depend on.", evaluation=True)
 
-FLOWS = (data_flow, tokenize_flow, pretrain_flow, finetune_flow, evaluate_flow, pipeline_flow)
+FLOWS = (data_flow, tokenize_flow, pretrain_flow, finetune_flow, evaluate_flow, bc_flow, pipeline_flow)
 
 
 if __name__ == "__main__":

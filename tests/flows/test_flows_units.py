@@ -47,7 +47,7 @@ def test_prefect_yaml_entrypoints_are_the_served_flows():
     for e in sorted(entry):
         path, func = e.split(":")
         names.add(load_flow_from_entrypoint(f"{root / path}:{func}").name)
-    assert names == {"vpdd-data", "vpdd-tokenize", "vpdd-pretrain", "vpdd-finetune", "vpdd-evaluate",
+    assert names == {"vpdd-data", "vpdd-tokenize", "vpdd-pretrain", "vpdd-finetune", "vpdd-evaluate", "vpdd-bc",
                      "vpdd-bench-kernels", "vpdd-pipeline"}
     for d in doc["deployments"]:
         assert d["concurrency_limit"] == 1 and "dvc" in d["tags"], d["name"]
@@ -84,7 +84,7 @@ def test_the_flow_factory_keeps_names_entrypoints_and_parameters(pipeline_flow, 
     monkeypatch.chdir(FLOWS.parent)
     stage_params = {"overrides": None, "exp_name": None, "force": False, "fetch": True, "push": False}
     expected = {"vpdd-data": stage_params, "vpdd-tokenize": stage_params, "vpdd-pretrain": stage_params,
-                "vpdd-finetune": stage_params, "vpdd-evaluate": stage_params,
+                "vpdd-finetune": stage_params, "vpdd-evaluate": stage_params, "vpdd-bc": stage_params,
                 "vpdd-pipeline": {"overrides": None, "exp_name": None, "targets": None, "force": False,
                                   "fetch": True, "push": False}}
     assert {f.name for f in pipeline_flow.FLOWS} == set(expected)

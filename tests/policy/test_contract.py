@@ -1,7 +1,10 @@
 """The policy contract (LeRobot style), one set of tests over every policy: ``VPDDPolicy`` (Meta-World-like
-synthetic episodes) and ``RLBenchPolicy`` (generated PerAct episodes, four cameras, keyframe actions).
+synthetic episodes), ``RLBenchPolicy`` (generated PerAct episodes, four cameras, keyframe actions) and the
+behaviour-cloning baseline ``BCPolicy`` (the same episodes as VPDDPolicy).
 Shared: forward leaves the batch alone, select_action's queue and frame history, reset, save/load round trip,
-unseen instructions, bad input. Then what only VPDDPolicy has: batched environments, explicit windows,
+unseen instructions, bad input. Where BCPolicy differs by design it is said in the test: its actions are the
+argmax bins (the seed does not change them) and it refuses an instruction it was not trained on (a learned
+task embedding, no text encoder). Then what only VPDDPolicy has: batched environments, explicit windows,
 video prediction, video-only checkpoints."""
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from vpdd.bc import BCPolicy
 from vpdd.data.episodes import EpisodeStore
 from vpdd.policy import PolicyError, VPDDPolicy
 from vpdd.rlbench.policy import RLBenchPolicy
@@ -49,7 +53,14 @@ class Case:
     action_dim: int
     bad: list[tuple[Callable[[Any], Any], str]] = field(default_factory=list)  # (call on a policy, message)
 
+    @property
+    def diffusion(self) -> bool:
+        """A VPDD policy (a reverse diffusion); False for the BC baseline."""
+        return self.cls is not BCPolicy
+
     def load(self, **kwargs: Any):
+        if not self.diffusion:
+            kwargs.pop("sampling_stride", None)  # no reverse diffusion to stride
         return self.cls.from_pretrained(self.path, **kwargs)
 
 
@@ -116,10 +127,32 @@ def _rlbench_case(trained) -> Case:
     )
 
 
-@pytest.fixture(scope="module", params=["vpdd", "rlbench"])
+def _bc_case(trained, synthetic, root: Path) -> Case:
+    from vpdd.bc.train import train_bc
+
+    cfg = synthetic.config(**{"bc.steps": 4, "bc.batch_size": 4, "bc.log_every": 2, "bc.eval_every": 4,
+                              "bc.checkpoint_every": 4, "bc.heldout_steps": 4, "bc.channels": [8], "bc.hidden": 16})
+    train_bc(cfg, robot=trained["robot"], out=root / "bc", params_file=None, progress=False)
+    vpdd = _vpdd_case(trained)
+    store = EpisodeStore(trained["robot"])
+    ep = store.load(store.select(["reach-v3"], per_task=1)[0])
+
+    def batch():
+        window = np.stack([ep.frames[0]] * 4)
+        return {"history_frames": np.stack([window, window]), "actions": np.stack([ep.actions[0:4], ep.actions[4:8]]),
+                "instruction": [ep.instruction, ep.instruction]}
+
+    return Case(BCPolicy, root / "bc", obs=vpdd.obs, window=vpdd.window, instruction=ep.instruction, batch=batch,
+                action_dim=4, bad=[*vpdd.bad, (lambda p: BCPolicy.from_pretrained(trained["policy"]), "vpdd-bc")])
+
+
+@pytest.fixture(scope="module", params=["vpdd", "rlbench", "bc"])
 def case(request) -> Case:
     if request.param == "vpdd":
         return _vpdd_case(request.getfixturevalue("trained"))
+    if request.param == "bc":
+        return _bc_case(request.getfixturevalue("trained"), request.getfixturevalue("synthetic"),
+                        request.getfixturevalue("tmp_path_factory").mktemp("bc"))
     synthetic = request.getfixturevalue("synthetic")
     root = request.getfixturevalue("tmp_path_factory").mktemp("rlbench")
     return _rlbench_case(_rlbench_artefacts().trained(synthetic, root))
@@ -144,9 +177,10 @@ def test_forward_returns_a_loss_and_does_not_modify_the_batch(case):
     policy = case.load()
     batch = case.batch()
     before = {k: copy.deepcopy(v) for k, v in batch.items() if k != "generator"}
-    history_before = policy.scheduler.Lt_count.clone()
+    history_before = policy.scheduler.Lt_count.clone() if case.diffusion else None
     loss, info = policy.forward(batch)
-    assert loss.ndim == 0 and torch.isfinite(loss) and {"kl_video", "kl_action"} <= set(info)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert {"kl_video", "kl_action"} <= set(info) if case.diffusion else "action_bin_acc" in info
     for k, v in before.items():
         now = batch[k]
         if isinstance(v, torch.Tensor):
@@ -155,9 +189,11 @@ def test_forward_returns_a_loss_and_does_not_modify_the_batch(case):
             assert np.array_equal(v, now), k
         else:
             assert v == now, k
-    assert torch.equal(policy.scheduler.Lt_count, history_before)  # eval mode: no importance-history update
+    if case.diffusion:
+        assert torch.equal(policy.scheduler.Lt_count, history_before)  # eval mode: no importance-history update
     loss.backward()
-    assert any(p.grad is not None for p in policy.model.action.parameters())
+    trained_part = policy.model.action if case.diffusion else policy.net
+    assert any(p.grad is not None for p in trained_part.parameters())
 
 
 def test_select_action_executes_a_queue_of_the_predicted_chunk(case):
@@ -204,7 +240,8 @@ def test_save_and_load_round_trip_gives_identical_actions(case, tmp_path):
     np.testing.assert_array_equal(np.stack(a), np.stack(b))
     other.reset(seed=12)
     c = [other.select_action(case.obs(s), case.instruction) for s in range(3)]
-    assert not np.array_equal(np.stack(a), np.stack(c))  # the seed matters
+    # the seed matters for a sampled chunk; BC's argmax chunk is the same whatever the seed
+    assert np.array_equal(np.stack(a), np.stack(c)) != case.diffusion
 
 
 def test_predict_action_chunk_is_the_chunk_select_action_starts_from(case):
@@ -219,6 +256,10 @@ def test_predict_action_chunk_is_the_chunk_select_action_starts_from(case):
 
 def test_an_unseen_instruction_is_encoded_on_the_fly(case):
     policy = case.load()
+    if not case.diffusion:  # a learned task embedding: an instruction it was not trained on is refused
+        with pytest.raises(PolicyError, match="knows only"):
+            policy.select_action(case.obs(0), "Pick up the red cube and put it in the bin.")
+        return
     n = len(policy.table)
     policy.reset(seed=0)
     a = policy.select_action(case.obs(0), "Pick up the red cube and put it in the bin.")

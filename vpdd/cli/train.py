@@ -1,9 +1,11 @@
-"""``vpdd train``: the two diffusion stages (docs/training.md).
+"""``vpdd train``: the two diffusion stages (docs/training.md) and the behaviour-cloning baseline (``bc``,
+docs/evaluation.md).
 
     vpdd train pretrain --params params.yaml --tokens build/tokens --tokenizer models/tokenizer \\
         --out models/pretrain --live results/pretrain [--fresh | --restart-if-changed] [--device auto|cpu|cuda]
     vpdd train finetune --params params.yaml --tokens build/tokens --tokenizer models/tokenizer \\
         --robot data/metaworld --pretrained models/pretrain --out models/policy --live results/finetune
+    vpdd train bc --params params.yaml --robot data/metaworld --out models/bc --live results/bc
 
 A run started again with the same ``--out`` resumes from its checkpoint when that checkpoint belongs to the
 same run (same fingerprint), and refuses a different one unless ``--fresh`` (start over) or
@@ -21,7 +23,7 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     from vpdd.cli.common import add_params_arg, add_resume_args
 
-    p = sub.add_parser("train", help="pre-train the video model / fine-tune the policy (discrete diffusion)")
+    p = sub.add_parser("train", help="pre-train / fine-tune (discrete diffusion); the BC baseline")
     sp = p.add_subparsers(dest="train_cmd", required=True)
     for name, help_text in (("pretrain", "video prediction on actionless corpus + robot video (no actions)"),
                             ("finetune", "freeze the video network, train the action network on demonstrations")):
@@ -36,6 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             t.add_argument("--pretrained", help="pre-trained model directory (finetune.init_from_pretrained)")
         add_resume_args(t)
         t.set_defaults(func=_train, stage=name)
+    b = sp.add_parser("bc", help="the behaviour-cloning baseline (CNN on the fine-tuning demonstrations)")
+    add_params_arg(b)
+    b.add_argument("--robot", required=True, help="robot episodes (frames and actions), e.g. data/metaworld")
+    b.add_argument("--out", required=True, help="checkpoint directory (resumed when it holds the same run)")
+    b.add_argument("--live", help="DVCLive directory for metrics and plots")
+    add_resume_args(b)
+    b.set_defaults(func=_train_bc)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -56,6 +65,21 @@ def _train(args: argparse.Namespace) -> int:
         return result
     print(training_summary(args.stage, result,
                            ("train/loss", "eval/video_token_acc", "eval/action_bin_acc", "eval/action_l1")))
+    return 0
+
+
+def _train_bc(args: argparse.Namespace) -> int:
+    from vpdd.bc.train import train_bc
+    from vpdd.cli.common import check_checkpoint_out, params, resume_mode
+    from vpdd.cli.training import run_training, training_summary
+
+    cfg = params(args)
+    check_checkpoint_out(args, args.robot, args.params)
+    result = run_training("train bc", train_bc, cfg=cfg, robot=args.robot, out=args.out, live_dir=args.live,
+                          resume=resume_mode(args), device=args.device, params_file=args.params)
+    if isinstance(result, int):
+        return result
+    print(training_summary("bc", result, ("train/loss", "eval/action_bin_acc", "eval/action_l1")))
     return 0
 
 

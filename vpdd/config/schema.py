@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vpdd.config.base import Check, Validated, one_of
+from vpdd.config.bc import BCConfig
 from vpdd.config.data import DataConfig
 from vpdd.config.diffusion import DiffusionConfig
 from vpdd.config.env import EnvConfig
@@ -32,6 +33,7 @@ class VPDDConfig(Validated):
     kernel: KernelConfig = field(default_factory=KernelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     rlbench: RLBenchConfig = field(default_factory=RLBenchConfig)
+    bc: BCConfig = field(default_factory=BCConfig)
 
     def checks(self) -> list[Check]:
         return [

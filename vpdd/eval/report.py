@@ -69,10 +69,10 @@ def policy_tasks(policy: Any, tasks: list[str]) -> list[str]:
 
 
 def check_env_matches(policy: Any, env_cfg: dict[str, Any]) -> None:
-    """The rendered frames must be the size the tokenizer was trained on."""
+    """The rendered frames must be the size the policy was trained on."""
     if int(env_cfg["resolution"]) != policy.resolution:
-        raise EvaluationError(f"env.resolution={env_cfg['resolution']} but the policy's tokenizer expects "
-                              f"{policy.resolution}x{policy.resolution} frames")
+        raise EvaluationError(f"env.resolution={env_cfg['resolution']} but the policy (its tokenizer, or the BC "
+                              f"network) expects {policy.resolution}x{policy.resolution} frames")
 
 
 def write_videos(videos: list[Any], out: Path, fps: int = 20) -> list[str]:
@@ -114,22 +114,41 @@ def bar_plot(metrics: dict[str, Any], path: Path, title: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def load_policy(policy_dir: Path, settings: EvalSettings) -> Any:
+    """The policy class the checkpoint's ``kind`` names: VPDDPolicy (the default: a VPDD checkpoint, also one
+    without a kind) or the behaviour-cloning baseline's BCPolicy (``vpdd-bc``); another kind is refused."""
+    # The policy (and with it transformers -> triton) must be imported before MuJoCo's EGL context exists:
+    # importing triton after EGL rendering has started crashes the process.
+    from vpdd.bc import KIND_BC, BCPolicy
+    from vpdd.models.checkpoint import KINDS
+    from vpdd.policy import VPDDPolicy
+    from vpdd.runtime.checkpoint import CheckpointError, read_config
+
+    try:
+        kind = read_config(policy_dir).get("kind")
+    except CheckpointError:
+        kind = None  # not a checkpoint directory: VPDDPolicy's loader says what is wrong
+    if kind == KIND_BC:
+        return BCPolicy.from_pretrained(policy_dir, device=settings.device, execute_steps=settings.execute_steps)
+    if kind is not None and kind not in KINDS:
+        raise EvaluationError(f"{policy_dir}: a {kind!r} checkpoint; `vpdd eval run` evaluates {list(KINDS)} "
+                              f"(VPDD) and {KIND_BC!r} (behaviour cloning) checkpoints")
+    return VPDDPolicy.from_pretrained(policy_dir, device=settings.device, kernel_impl=settings.kernel_impl,
+                                      execute_steps=settings.execute_steps, sampling_stride=settings.sampling_stride)
+
+
 def evaluate(policy_dir: str | Path, settings: EvalSettings, env_cfg: dict[str, Any], out: str | Path,
              progress: bool = True) -> dict[str, Any]:
     """Run the closed-loop evaluation of ``policy_dir`` and write its results into ``out``."""
     from tqdm import tqdm
 
-    # The policy (and with it transformers -> triton) must be imported before MuJoCo's EGL context exists:
-    # importing triton after EGL rendering has started crashes the process.
-    from vpdd.policy import VPDDPolicy
     from vpdd.utils.machine import machine_record
 
     policy_dir, out = Path(policy_dir), Path(out)
     if not policy_dir.is_dir():
         raise EvaluationError(f"policy directory {policy_dir} does not exist (expected a `vpdd train finetune` "
-                              "output such as models/policy)")
-    policy = VPDDPolicy.from_pretrained(policy_dir, device=settings.device, kernel_impl=settings.kernel_impl,
-                                        execute_steps=settings.execute_steps, sampling_stride=settings.sampling_stride)
+                              "output such as models/policy, or a `vpdd train bc` one such as models/bc)")
+    policy = load_policy(policy_dir, settings)
     if not policy.is_policy:
         raise EvaluationError(f"{policy_dir} is a {policy.config['kind']!r} checkpoint: closed-loop evaluation "
                               "needs a fine-tuned policy (vpdd train finetune)")
@@ -163,12 +182,14 @@ def evaluate(policy_dir: str | Path, settings: EvalSettings, env_cfg: dict[str, 
         "policy_s_per_call": timing.policy_s / max(1, timing.policy_calls),
         "env_s_per_step": timing.env_s / batch_steps,
     }
+    diffusion = hasattr(policy, "scheduler")  # a VPDD policy (the BC baseline has no reverse diffusion)
     metrics["settings"] = {
         "tasks": tasks, "episodes_per_task": settings.episodes_per_task, "seeds": list(settings.seeds),
         "max_steps": settings.max_steps, "n_envs": settings.n_envs, "execute_steps": settings.execute_steps,
-        "sampling_stride": settings.sampling_stride,
-        "reverse_steps": len(policy.scheduler.timesteps(settings.sampling_stride)),
-        "kernel_impl": policy.scheduler.kernel_impl_for(),  # what ran, not what was asked for
+        "sampling_stride": settings.sampling_stride if diffusion else None,
+        "reverse_steps": len(policy.scheduler.timesteps(settings.sampling_stride)) if diffusion else None,
+        "kernel_impl": policy.scheduler.kernel_impl_for() if diffusion else None,  # what ran, not what was asked
+        "policy_kind": policy.config.get("kind"),
         "success_definition": "info['success'] at any step within max_steps",
         "env": {k: env_cfg[k] for k in ("camera", "resolution", "flip", "crop") if k in env_cfg},
     }
