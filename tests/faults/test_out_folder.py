@@ -125,3 +125,23 @@ def test_stale_temporaries_of_dead_processes_are_cleaned(tmp_path):
     assert not dead.exists() and not legacy.exists() and alive.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, alive.name])
     assert clean_stale_temporaries(out) == []  # ours is alive
+
+
+def test_atomic_writes_leave_the_modes_a_plain_open_gives(tmp_path):
+    """tempfile makes 0600 files and 0700 folders; what a command writes must be readable by others (the
+    umask decides, as for a plain open/mkdir)."""
+    import numpy as np
+
+    from vpdd.utils.io import atomic_write_png
+
+    old = os.umask(0o022)
+    try:
+        png = atomic_write_png(tmp_path / "fig.png", np.zeros((4, 4, 3), dtype=np.uint8))
+        with atomic_directory(tmp_path / "out", check=False) as tmp:
+            (tmp / "a.txt").write_text("x")
+        os.umask(0o027)
+        strict = atomic_write_png(tmp_path / "fig2.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    finally:
+        os.umask(old)
+    assert png.stat().st_mode & 0o777 == 0o644 and (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert strict.stat().st_mode & 0o777 == 0o640

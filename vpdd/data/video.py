@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vpdd.utils.io import default_mode
+
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov")
 
 
@@ -170,7 +172,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 20, codec: str 
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a video is for others to watch too
+        default_mode(tmp)  # mkstemp makes it 0600; a video is for others to watch too
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

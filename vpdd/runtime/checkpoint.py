@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from vpdd.utils.io import atomic_directory, atomic_write_json, sha256_file
+from vpdd.utils.io import atomic_directory, atomic_write_json, default_mode, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,8 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
 def _default_permissions(folder: Path) -> None:
     """Temporary files and directories are created private (0600/0700); give the checkpoint the usual
     umask-based modes so other users and tools (DVC, a shared file system) can read it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for child in folder.iterdir():
-        os.chmod(child, 0o666 & ~umask)
+    for p in (folder, *folder.iterdir()):
+        default_mode(p)
 
 
 def _identity_hash(file_hashes: dict[str, str]) -> str:
