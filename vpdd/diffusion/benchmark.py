@@ -37,6 +37,7 @@ import torch
 
 from vpdd.diffusion.layout import TokenLayout
 from vpdd.diffusion.scheduler import MaskReplaceScheduler
+from vpdd.utils.io import atomic_write_text
 from vpdd.utils.machine import machine_record
 
 log = logging.getLogger(__name__)
@@ -132,14 +133,6 @@ def cuda_peak_mb(run: Callable[[], Any]) -> float:
     run()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - before) / 2**20
-
-
-def write_result(out: Path, text: str) -> None:
-    """``text`` to ``out`` through a temporary sibling (a half-written result never has the final name)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
 
 
 def _time_case(run: Callable[[], Any], device: str, repeats: int) -> dict[str, float]:
@@ -287,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     result["load_average_end"] = list(os.getloadavg())
     out = Path(args.out)
-    write_result(out, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     log.info("wrote %s", out)
     return 0
 

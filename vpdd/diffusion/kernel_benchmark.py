@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 
-from vpdd.diffusion.benchmark import cuda_peak_mb, seeded_problem, timed_calls, write_result
+from vpdd.diffusion.benchmark import cuda_peak_mb, seeded_problem, timed_calls
 from vpdd.diffusion.layout import TokenLayout
 from vpdd.diffusion.scheduler import MaskReplaceScheduler
+from vpdd.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or DEFAULT_OUT / f"kernels_{'gpu' if args.device == 'cuda' else 'cpu'}.json"
     record = run(args)
     record["command"] = "vpdd bench kernels " + " ".join(argv or [])
-    write_result(out, json.dumps(record, indent=1))
+    atomic_write_text(out, json.dumps(record, indent=1))
     log.info("wrote %s", out)
     if plot(record, out.with_suffix(".png")):
         log.info("wrote %s", out.with_suffix(".png"))

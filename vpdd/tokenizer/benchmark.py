@@ -38,9 +38,8 @@ def _preset_config(name: str):
     return TokenizerConfig(**yaml.safe_load(path.read_text()))
 
 
-def measure(
-    model: VQVAE, window: int, batch_size: int, device: torch.device, seconds: float, warmup: int = 2
-) -> dict[str, Any]:
+def measure(model: VQVAE, window: int, batch_size: int, device: torch.device, seconds: float,
+            warmup: int = 2) -> dict[str, Any]:
     """Encode random uint8 windows for about ``seconds``; returns clips/s and per-batch latency."""
     res = model.arch.resolution
     gen = torch.Generator().manual_seed(0)
@@ -63,15 +62,9 @@ def measure(
         times.append(time.perf_counter() - t0)
     times.sort()
     median = times[len(times) // 2]
-    return {
-        "batch_size": batch_size,
-        "window": window,
-        "batches": len(times),
-        "clips_per_s": batch_size / median,
-        "median_batch_s": median,
-        "best_batch_s": times[0],
-        "latent_shape": list(model.arch.latent_shape(window)),
-    }
+    return {"batch_size": batch_size, "window": window, "batches": len(times), "clips_per_s": batch_size / median,
+            "median_batch_s": median, "best_batch_s": times[0],
+            "latent_shape": list(model.arch.latent_shape(window))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,47 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     load_before = os.getloadavg()
-    dev = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
-    results = []
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(auto if args.device == "auto" else args.device)
+    models = []  # (label, model, config, extra fields)
     if args.tokenizer:
         model, cfg, ckpt = load_tokenizer(args.tokenizer)
-        r = measure(model, cfg.encode_window, args.batch_size, dev, args.seconds)
-        results.append(
-            {
-                "model": f"checkpoint {args.tokenizer}",
-                "checkpoint_hash": ckpt.meta.get("checkpoint_hash"),
-                "resolution": cfg.resolution,
-                "params": sum(t.numel() for t in model.parameters()),
-                **r,
-            }
-        )
+        models.append((f"checkpoint {args.tokenizer}", model, cfg,
+                       {"checkpoint_hash": ckpt.meta.get("checkpoint_hash")}))
     for name in args.presets:
         cfg = _preset_config(name)
         torch.manual_seed(0)
-        model = build_model(cfg)
+        models.append((f"preset {name} (random weights)", build_model(cfg), cfg, {}))
+    results = []
+    for label, model, cfg, extra in models:
         r = measure(model, cfg.encode_window, args.batch_size, dev, args.seconds)
-        results.append(
-            {
-                "model": f"preset {name} (random weights)",
-                "resolution": cfg.resolution,
-                "params": sum(t.numel() for t in model.parameters()),
-                **r,
-            }
-        )
-    for r in results:
-        log.info(
-            "%s: %.1f clips/s (batch %d, %dx%d, window %d)",
-            r["model"],
-            r["clips_per_s"],
-            r["batch_size"],
-            r["resolution"],
-            r["resolution"],
-            r["window"],
-        )
+        results.append({"model": label, **extra, "resolution": cfg.resolution,
+                        "params": sum(t.numel() for t in model.parameters()), **r})
+        log.info("%s: %.1f clips/s (batch %d, %dx%d, window %d)", label, r["clips_per_s"], r["batch_size"],
+                 cfg.resolution, cfg.resolution, r["window"])
     out = Path(args.out or f"benchmarks/results/tokenizer_encode_{dev.type}.json")
     record = {
         "benchmark": "tokenizer_encode",
