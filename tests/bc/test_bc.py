@@ -108,6 +108,17 @@ def test_vpdd_train_bc_cli_and_the_output_rule(artefacts, synthetic, tmp_path, c
     assert "bc: step 4" in capsys.readouterr().out
     assert json.loads((tmp_path / "live" / "metrics.json").read_text())["step"] == 4
     assert main([*args[:-2], "--fresh"]) == 0  # start over in the same folder
+    capsys.readouterr()
+    assert main(["policy", "info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "vpdd-bc" and info["step"] == 4 and info["tasks"] == synthetic.TASKS
+    assert info["actions"]["chunk"] == info["net"]["chunk"] and info["parameters"] > 0
+    episode = sorted((artefacts["robot"]).rglob("*.npz"))[0]
+    assert main(["policy", "predict", "--policy", str(out), "--episode", str(episode), "--step", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "predicted chunk at step 3" in printed and "recorded actions" in printed
+    # a BC policy samples nothing and predicts no video: the diffusion-only options are refused
+    assert main(["policy", "predict", "--policy", str(out), "--episode", str(episode), "--stride", "5"]) == 2
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert main([*args[:6], "--out", str(tmp_path / "other")]) == 2  # never writes into a folder it did not make

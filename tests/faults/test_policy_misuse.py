@@ -38,7 +38,7 @@ def test_policy_rejects_misuse(trained, synthetic):
     for bad in (None, 7, b"bytes"):
         with pytest.raises(PolicyError, match="instruction"):
             policy.select_action(frame, bad)
-    assert len(policy._frames) == 0  # a refused call records nothing
+    assert len(policy._history) == 0  # a refused call records nothing
     with pytest.raises(PolicyError, match="empty"):
         policy.select_action(frame, "")
     with pytest.raises(PolicyError, match="limit"):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch import nn
 
 from vpdd.bc.model import KIND_BC, LINEAGE_FILE, load_bc_checkpoint, save_bc_checkpoint, to_input
 from vpdd.models.actions import ActionDiscretizer
-from vpdd.policy.base import PolicyError, check_instructions
+from vpdd.policy.episode import EpisodePolicy, PolicyError, check_instructions
 from vpdd.runtime.checkpoint import Checkpoint, read_config
 
 
@@ -51,25 +50,18 @@ class LoadedBC:
     checkpoint: Checkpoint
 
 
-class BCPolicy(nn.Module):
+class BCPolicy(EpisodePolicy):
     def __init__(self, checkpoint: Checkpoint, net: nn.Module, *, execute_steps: int = 1, seed: int = 0,
                  device: str | torch.device = "cpu"):
-        super().__init__()
+        spec = net.spec
+        super().__init__(chunk=spec.chunk, execute_steps=execute_steps, window=spec.window,
+                         resolution=spec.resolution, seed=seed, device=device)
         self.loaded = LoadedBC(checkpoint.path, checkpoint)
         self.path, self.config = checkpoint.path, copy.deepcopy(checkpoint.config)
         self.net = net
-        spec = net.spec
-        self.window, self.resolution, self.chunk, self.action_dim = spec.window, spec.resolution, spec.chunk, \
-            spec.action_dim
+        self.action_dim = spec.action_dim
         self.discretizer = ActionDiscretizer.from_dict(self.config["actions"])
         self.instructions = list(self.config["instructions"])
-        if not 1 <= execute_steps <= self.chunk:
-            raise PolicyError(f"execute_steps={execute_steps}: expected 1..{self.chunk} (the chunk length)")
-        self.execute_steps = int(execute_steps)
-        self.device = torch.device(device)
-        self.generator = torch.Generator()
-        self._queue: deque[np.ndarray] = deque()
-        self.reset(seed)
         self.eval()
 
     # ------------------------------------------------------------------------------ loading/saving
@@ -97,20 +89,6 @@ class BCPolicy(nn.Module):
     def is_policy(self) -> bool:
         return True
 
-    # --------------------------------------------------------------------------------- episode state
-    def reset(self, seed: int | None = None) -> None:
-        """New episode(s): forget the frame history and the queued actions (``seed``: kept for the contract)."""
-        self._frames: deque[np.ndarray] = deque(maxlen=self.window)
-        self._batch: int | None = None
-        self._queue.clear()
-        if seed is not None:
-            self.generator.manual_seed(int(seed))
-
-    @property
-    def queued_actions(self) -> int:
-        """Actions left from the last predicted chunk; 0 means the next ``select_action`` predicts."""
-        return len(self._queue)
-
     # ------------------------------------------------------------------------------------ observations
     def _as_frames(self, observation: Any) -> tuple[np.ndarray, bool]:
         if isinstance(observation, dict):
@@ -120,24 +98,13 @@ class BCPolicy(nn.Module):
         frame = np.asarray(observation)
         batched = frame.ndim == 4
         frame = frame if batched else frame[None]
-        r = self.resolution
-        if frame.ndim == 4 and frame.shape[0] == 0:
-            raise PolicyError("observation: an empty batch (0 frames); pass at least one frame")
-        if frame.dtype != np.uint8 or frame.ndim != 4 or frame.shape[1:] != (r, r, 3):
-            raise PolicyError(f"observation: expected uint8 frames ({r}, {r}, 3) (optionally batched), got "
-                              f"{frame.dtype} {frame.shape[1:] if frame.ndim == 4 else frame.shape}")
+        self._check_frames(frame, "observation")
         return frame, batched
 
-    def _window(self, frame: np.ndarray, record: bool) -> np.ndarray:
-        if self._batch is not None and frame.shape[0] != self._batch:
-            raise PolicyError(f"observation batch of {frame.shape[0]}, but this episode has {self._batch} "
-                              "environments; call reset() between episodes")
-        frames = [*self._frames, frame][-self.window:]
-        if record:
-            self._frames.append(frame)
-            self._batch = frame.shape[0]
-        frames = [frames[0]] * (self.window - len(frames)) + frames
-        return np.stack(frames, axis=1)  # (B, W, H, W, 3)
+    def observe(self, observation: Any) -> None:
+        """Record a frame in the history without acting (e.g. frames seen before the policy takes over)."""
+        frame, _ = self._as_frames(observation)
+        self._window(frame, record=True)
 
     def task_ids(self, instruction: str | Sequence[str], n: int) -> np.ndarray:
         """Rows of the task table for ``n`` instructions; one the policy was not trained on is refused."""
@@ -173,10 +140,7 @@ class BCPolicy(nn.Module):
         frame, batched = self._as_frames(observation)
         ids = self.task_ids(instruction, len(frame))  # before the frame is recorded
         window = self._window(frame, record=True)
-        if not self._queue:
-            chunk = self._predict(window, ids).actions
-            self._queue.extend(chunk[:, k] for k in range(self.execute_steps))
-        action = self._queue.popleft()
+        action = self._next_action(lambda: self._predict(window, ids).actions)
         return action if batched else action[0]
 
     # --------------------------------------------------------------------------------------- training

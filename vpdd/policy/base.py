@@ -3,62 +3,29 @@
 :class:`~vpdd.policy.VPDDPolicy` (Meta-World, one camera, continuous actions) and
 :class:`~vpdd.rlbench.policy.RLBenchPolicy` (several cameras, keyframe poses) differ in how they turn
 observations into a token history and action tokens into actions. This base holds the rest: the loaded
-checkpoint's parts, the validated sampling options, the episode's generator and action queue, loading and
-saving the checkpoint directory, the lazily built text encoder, one joint reverse diffusion, and the
-training loss of tokenised batches.
+checkpoint's parts, the validated sampling options, loading and saving the checkpoint directory, the lazily
+built text encoder, one joint reverse diffusion, and the training loss of tokenised batches. The episode's
+frame window, action queue and generator come from :class:`~vpdd.policy.episode.EpisodePolicy`.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from vpdd.models.checkpoint import LINEAGE_FILE, LoadedCheckpoint, load_vpdd_checkpoint, save_vpdd_checkpoint
 from vpdd.models.model import diffusion_loss, sample_tokens
+from vpdd.policy.episode import MAX_INSTRUCTION_CHARS, EpisodePolicy, PolicyError, check_instructions
+
+__all__ = ["MAX_INSTRUCTION_CHARS", "CheckpointPolicy", "PolicyError", "check_instructions"]
 
 
-class PolicyError(ValueError):
-    """Bad input to the policy (names what was expected)."""
-
-
-# Longest instruction accepted (characters): the text encoders truncate far below this, so a longer one is
-# a mistake (a file's content, a prompt injection), not a task description.
-MAX_INSTRUCTION_CHARS = 1000
-
-
-def check_instructions(instruction: Any, n: int) -> list[str]:
-    """``instruction`` (one string for the batch, or one per observation) as ``n`` validated strings:
-    non-empty text of at most :data:`MAX_INSTRUCTION_CHARS` characters; anything else is a PolicyError."""
-    if n <= 0:
-        raise PolicyError(f"an empty batch ({n} observations): pass at least one frame")
-    if isinstance(instruction, str):
-        texts = [instruction] * n
-    elif isinstance(instruction, list | tuple):
-        texts = list(instruction)
-    else:
-        raise PolicyError(f"instruction: expected a string or a list of {n} strings, got "
-                          f"{type(instruction).__name__} {instruction!r:.60}")
-    if len(texts) != n:
-        raise PolicyError(f"{len(texts)} instructions for a batch of {n} observations")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise PolicyError(f"instruction {i}: expected a string, got {type(text).__name__} {text!r:.60}")
-        if not text.strip():
-            raise PolicyError(f"instruction {i}: empty; describe the task (e.g. the one the policy was trained on)")
-        if len(text) > MAX_INSTRUCTION_CHARS:
-            raise PolicyError(f"instruction {i}: {len(text)} characters, more than the limit of "
-                              f"{MAX_INSTRUCTION_CHARS}")
-    return texts
-
-
-class CheckpointPolicy(nn.Module):
+class CheckpointPolicy(EpisodePolicy):
     """A policy over a loaded ``vpdd-policy``/``vpdd-pretrain`` checkpoint; subclasses add observations/actions.
 
     ``chunk``: actions per predicted chunk; ``execute_steps`` of them are executed before predicting again."""
@@ -66,18 +33,14 @@ class CheckpointPolicy(nn.Module):
     def __init__(self, loaded: LoadedCheckpoint, *, chunk: int, execute_steps: int = 1,
                  sampling_stride: int | None = None, truncation_r: float | None = None, seed: int = 0,
                  device: str | torch.device = "cpu"):
-        super().__init__()
+        tok = loaded.config["tokenizer"]["config"]
+        super().__init__(chunk=chunk, execute_steps=execute_steps, window=int(tok["encode_window"]),
+                         resolution=int(tok["resolution"]), seed=seed, device=device)
         self.loaded, self.path, self.config = loaded, loaded.path, copy.deepcopy(loaded.config)
         self.model, self.tokenizer, self.scheduler, self.table = (loaded.model, loaded.tokenizer, loaded.scheduler,
                                                                   loaded.table)
         self.layout = loaded.spec.layout
-        tok = self.config["tokenizer"]["config"]
-        self.window, self.resolution = int(tok["encode_window"]), int(tok["resolution"])
         self.grid = tuple(int(g) for g in tok["latent_shape"])
-        self.chunk = int(chunk)
-        if not 1 <= execute_steps <= self.chunk:
-            raise PolicyError(f"execute_steps={execute_steps}: expected 1..{self.chunk} (the chunk length)")
-        self.execute_steps = int(execute_steps)
         if truncation_r is not None:
             from vpdd_kernels.sampling import check_truncation_r
 
@@ -89,11 +52,7 @@ class CheckpointPolicy(nn.Module):
         if sampling_stride is not None and not (isinstance(sampling_stride, int) and 1 <= sampling_stride <= steps):
             raise PolicyError(f"sampling_stride={sampling_stride!r}: expected an integer in 1..{steps}")
         self.sampling_stride, self.truncation_r = sampling_stride, truncation_r
-        self.device = torch.device(device)
         self.table.set_encoder_factory(self._text_encoder)
-        self.generator = torch.Generator(device=self.device)
-        self._queue: deque[np.ndarray] = deque()
-        self.reset(seed)
         self.eval()
 
     # ------------------------------------------------------------------------------ loading/saving
@@ -131,18 +90,6 @@ class CheckpointPolicy(nn.Module):
                 f"trained with ({ {k: lang.get(k) for k in now} })"
             )
         return build_text_encoder(cfg)
-
-    # --------------------------------------------------------------------------------- episode state
-    def reset(self, seed: int | None = None) -> None:
-        """A new episode: forget the queued actions (subclasses also forget their frames); reseed if ``seed``."""
-        self._queue.clear()
-        if seed is not None:
-            self.generator.manual_seed(int(seed))
-
-    @property
-    def queued_actions(self) -> int:
-        """Actions left from the last predicted chunk; 0 means the next ``select_action`` predicts."""
-        return len(self._queue)
 
     # ----------------------------------------------------------------------------- inference, loss
     @torch.no_grad()

@@ -38,7 +38,6 @@ weights differ from the ones the policy was trained with).
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,12 +70,6 @@ class VPDDPolicy(CheckpointPolicy):
         # finetune.foresight of the run that trained it: a "masked" policy acts without foresight, as it learnt
         self.foresight = (self.config.get("train") or {}).get("foresight", "noised_truth")
 
-    def reset(self, seed: int | None = None) -> None:
-        """Start new episode(s): forget the frame history and the queued actions; reseed if ``seed``."""
-        self._frames: deque[np.ndarray] = deque(maxlen=self.window)
-        self._batch: int | None = None
-        super().reset(seed)
-
     def _as_frames(self, observation: Any) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
         """(frame (B, H, W, 3) or None, explicit window (B, W, H, W, 3) or None, batched)."""
         if isinstance(observation, dict):
@@ -84,7 +77,7 @@ class VPDDPolicy(CheckpointPolicy):
                 win = np.asarray(observation["history"])
                 batched = win.ndim == 5
                 win = win if batched else win[None]
-                self._check(win[:, 0], "observation['history']")
+                self._check_frames(win[:, 0], "observation['history']")
                 if win.shape[1] != self.window:
                     raise PolicyError(f"observation['history']: expected a window of {self.window} frames, got "
                                       f"{win.shape[1]}")
@@ -95,27 +88,8 @@ class VPDDPolicy(CheckpointPolicy):
         frame = np.asarray(observation)
         batched = frame.ndim == 4
         frame = frame if batched else frame[None]
-        self._check(frame, "observation")
+        self._check_frames(frame, "observation")
         return frame, None, batched
-
-    def _check(self, frames: np.ndarray, what: str) -> None:
-        r = self.resolution
-        if frames.ndim >= 1 and frames.shape[0] == 0:
-            raise PolicyError(f"{what}: an empty batch (0 frames); pass at least one frame")
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (r, r, 3):
-            raise PolicyError(f"{what}: expected uint8 frames ({r}, {r}, 3) (optionally batched), got "
-                              f"{frames.dtype} {frames.shape[1:] if frames.ndim == 4 else frames.shape}")
-
-    def _window(self, frame: np.ndarray, record: bool) -> np.ndarray:
-        if self._batch is not None and frame.shape[0] != self._batch:
-            raise PolicyError(f"observation batch of {frame.shape[0]}, but this episode has {self._batch} "
-                              "environments; call reset() between episodes")
-        frames = [*self._frames, frame][-self.window:]
-        if record:
-            self._frames.append(frame)
-            self._batch = frame.shape[0]
-        frames = [frames[0]] * (self.window - len(frames)) + frames
-        return np.stack(frames, axis=1)  # (B, W, H, W, 3)
 
     def observe(self, observation: Any) -> None:
         """Record a frame in the history without acting (e.g. frames seen before the policy takes over)."""
@@ -217,10 +191,7 @@ class VPDDPolicy(CheckpointPolicy):
             raise PolicyError("select_action keeps its own frame history: pass {'image': frame}, not 'history'")
         self._instructions(instruction, len(frame))  # before the frame is recorded
         window = self._window(frame, record=True)
-        if not self._queue:
-            chunk = self._predict(window, self._instructions(instruction, len(window))).actions
-            self._queue.extend(chunk[:, k] for k in range(self.execute_steps))
-        action = self._queue.popleft()
+        action = self._next_action(lambda: self._predict(window, self._instructions(instruction, len(window))).actions)
         return action if batched else action[0]
 
     # --------------------------------------------------------------------------------------- training

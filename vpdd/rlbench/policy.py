@@ -30,7 +30,6 @@ the keyframe, observe, predict again) and always records the new frames. ``predi
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,18 +63,12 @@ class RLBenchPolicy(CheckpointPolicy):
             raise PolicyError(f"{loaded.path}: not an RLBench keyframe policy (kind {config.get('kind')!r}, "
                               f"benchmark {demos.get('benchmark')!r}); fine-tune one with `vpdd rlbench finetune`")
         coder = PoseActionCoder.from_dict(actions)
-        self.cameras: list[str] = list(demos["cameras"])  # before the base's __init__, which calls reset()
         super().__init__(loaded, chunk=coder.chunk, **kwargs)
+        self.cameras: list[str] = list(demos["cameras"])
         self.coder = coder
         self.keyframe_heuristic = dict(demos.get("keyframe_heuristic") or {})
         self.tasks: list[str] = list(demos.get("tasks") or [])
         self.trained_episodes: list[str] = list(demos.get("episodes") or [])  # the fine-tuning demonstrations
-
-    # --------------------------------------------------------------------------------- episode state
-    def reset(self, seed: int | None = None) -> None:
-        """A new episode: forget the frame history and the queued keyframes; reseed when ``seed`` is given."""
-        self._frames: dict[str, deque[np.ndarray]] = {c: deque(maxlen=self.window) for c in self.cameras}
-        super().reset(seed)
 
     def _views(self, views: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         from vpdd.rlbench.reader import PerActFormatError, resize_frame
@@ -93,18 +86,12 @@ class RLBenchPolicy(CheckpointPolicy):
 
     def observe(self, views: Mapping[str, np.ndarray]) -> None:
         """Record one frame per camera without acting (e.g. frames seen before the policy takes over)."""
-        for c, frame in self._views(views).items():
-            self._frames[c].append(frame)
+        self._windows(self._views(views), record=True)
 
     def _windows(self, frames: dict[str, np.ndarray], record: bool) -> np.ndarray:
-        out = []
-        for c in self.cameras:
-            seen = [*self._frames[c], frames[c]][-self.window:]
-            out.append(np.stack([seen[0]] * (self.window - len(seen)) + seen))
-        if record:
-            for c in self.cameras:
-                self._frames[c].append(frames[c])
-        return np.stack(out)  # (V, W, H, W, 3)
+        """Each camera's frame window, (V, W, H, W, 3) in ``cameras`` order (the cameras are the window's
+        streams)."""
+        return self._window(np.stack([frames[c] for c in self.cameras]), record)
 
     # -------------------------------------------------------------------------------------- inference
     def _predict(self, windows: np.ndarray, instruction: str) -> KeyframePrediction:
@@ -131,10 +118,7 @@ class RLBenchPolicy(CheckpointPolicy):
     def select_action(self, views: Mapping[str, np.ndarray], instruction: str) -> np.ndarray:
         """The next keyframe action (8,) float32: from the queue, or a new chunk when it is empty."""
         windows = self._windows(self._views(views), record=True)
-        if not self._queue:
-            chunk = self._predict(windows, self._instruction(instruction)).actions
-            self._queue.extend(chunk[: self.execute_steps])
-        return self._queue.popleft()
+        return self._next_action(lambda: self._predict(windows, self._instruction(instruction)).actions, time_axis=0)
 
     # --------------------------------------------------------------------------------------- training
     def _tokens(self, batch: dict[str, Any], key: str) -> torch.Tensor:
