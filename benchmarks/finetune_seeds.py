@@ -1,0 +1,128 @@
+"""A paired study over fine-tuning seeds: each arm (a set of config overrides) fine-tuned with every seed from
+the same pre-trained model and evaluated on the same closed-loop scenes, then compared seed by seed.
+
+    python benchmarks/finetune_seeds.py run --out build/study/foresight --seeds 0 1 2 \\
+        --arm noised_truth finetune.foresight=noised_truth --arm masked finetune.foresight=masked
+    python benchmarks/finetune_seeds.py summary --out build/study/foresight --baseline noised_truth \\
+        --table results/foresight/seeds.md --json results/foresight/seeds.json
+
+``run`` fine-tunes (``vpdd train finetune``, resumable) and evaluates (``vpdd eval run``) every (arm, seed) in
+``OUT/<arm>/seed<k>/`` and skips the pairs whose ``eval/metrics.json`` exists, so an interrupted study picks up
+where it stopped; ``--jobs 2`` runs two pairs at once, one thread each. ``--reuse ARM:SEED=DIR`` takes a pair
+from an evaluation already made with those settings (e.g. the pipeline's ``results/eval`` for the default
+arm). ``summary`` writes the table of :func:`vpdd.eval.seeds.seed_study`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+
+def _set(tree: dict, dotted: str, value: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        if k not in node:
+            raise SystemExit(f"override {dotted}: no key {k!r} in params.yaml")
+        node = node[k]
+    if keys[-1] not in node:
+        raise SystemExit(f"override {dotted}: no key {keys[-1]!r} in params.yaml")
+    node[keys[-1]] = yaml.safe_load(value)
+
+
+def _pair(args: argparse.Namespace, arm: str, overrides: list[str], seed: int) -> str:
+    d = Path(args.out) / arm / f"seed{seed}"
+    if (d / "eval" / "metrics.json").is_file():
+        return f"{arm} seed {seed}: done before"
+    d.mkdir(parents=True, exist_ok=True)
+    params = yaml.safe_load(Path(args.params).read_text())
+    for o in overrides:
+        _set(params, *o.split("=", 1))
+    _set(params, "finetune.seed", str(seed))
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    with open(d / "log.txt", "a") as log:
+        for cmd in (
+            ["vpdd", "train", "finetune", "--params", str(d / "params.yaml"), "--tokens", args.tokens,
+             "--tokenizer", args.tokenizer, "--robot", args.robot, "--pretrained", args.pretrained, "--out",
+             str(d / "policy"), "--live", str(d / "finetune"), "--device", "cpu"],
+            ["vpdd", "eval", "run", "--policy", str(d / "policy"), "--params", str(d / "params.yaml"), "--out",
+             str(d / "eval")],
+        ):
+            log.write(f"$ {' '.join(cmd)}\n")
+            log.flush()
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
+                return f"{arm} seed {seed}: FAILED ({cmd[1]} {cmd[2]}; see {d / 'log.txt'})"
+    return f"{arm} seed {seed}: done"
+
+
+def _run(args: argparse.Namespace) -> int:
+    arms = {name: overrides for name, *overrides in args.arm}
+    for spec in args.reuse:
+        pair, src = spec.split("=", 1)
+        arm, seed = pair.split(":")
+        dst = Path(args.out) / arm / f"seed{seed}" / "eval"
+        if not dst.joinpath("metrics.json").is_file():
+            dst.mkdir(parents=True, exist_ok=True)
+            for name in ("metrics.json", "episodes.json", "run.json"):
+                shutil.copy2(Path(src) / name, dst / name)
+            (dst.parent / "reused_from.txt").write_text(f"{src}\n")
+    jobs = [(arm, ov, s) for s in args.seeds for arm, ov in arms.items()]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for line in pool.map(lambda j: _pair(args, *j), jobs):
+            print(line, flush=True)
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    import json
+
+    from vpdd.eval.seeds import read_study, seed_study, seed_study_table
+    from vpdd.utils.io import atomic_write_text
+
+    study = seed_study(read_study(args.out), baseline=args.baseline)
+    table = seed_study_table(study)
+    print(table)
+    if args.table:
+        atomic_write_text(args.table, table + "\n")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(study, indent=2) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = p.add_subparsers(dest="cmd", required=True)
+    r = sp.add_parser("run")
+    r.add_argument("--out", required=True)
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--arm", nargs="+", action="append", required=True, metavar="NAME [KEY=VALUE ...]")
+    r.add_argument("--reuse", action="append", default=[], metavar="ARM:SEED=EVAL_DIR")
+    r.add_argument("--params", default="params.yaml")
+    r.add_argument("--tokens", default="build/tokens")
+    r.add_argument("--tokenizer", default="models/tokenizer")
+    r.add_argument("--robot", default="data/metaworld")
+    r.add_argument("--pretrained", default="models/pretrain")
+    r.add_argument("--jobs", type=int, default=1)
+    r.add_argument("--threads", type=int, default=1, help="OMP threads per job (default 1)")
+    r.set_defaults(func=_run)
+    s = sp.add_parser("summary")
+    s.add_argument("--out", required=True)
+    s.add_argument("--baseline", required=True)
+    s.add_argument("--table")
+    s.add_argument("--json")
+    s.set_defaults(func=_summary)
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
