@@ -3,7 +3,7 @@ the same pre-trained model and evaluated on the same closed-loop scenes, then co
 
     python benchmarks/finetune_seeds.py run --out build/study/foresight --seeds 0 1 2 \\
         --arm noised_truth finetune.foresight=noised_truth --arm masked finetune.foresight=masked
-    python benchmarks/finetune_seeds.py summary --out build/study/foresight --baseline noised_truth \\
+    python benchmarks/finetune_seeds.py summary --out build/study/foresight --baseline noised_truth bc \\
         --table results/foresight/seeds.md --json results/foresight/seeds.json
 
 ``run`` fine-tunes (``vpdd train finetune``, resumable) and evaluates (``vpdd eval run``) every (arm, seed) in
@@ -88,13 +88,14 @@ def _summary(args: argparse.Namespace) -> int:
     from vpdd.eval.seeds import read_study, seed_study, seed_study_table
     from vpdd.utils.io import atomic_write_text
 
-    study = seed_study(read_study(args.out), baseline=args.baseline)
-    table = seed_study_table(study)
+    runs = read_study(args.out)
+    studies = {base: seed_study(runs, baseline=base) for base in args.baseline}
+    table = "\n\n".join(f"Against {base}:\n\n{seed_study_table(s)}" for base, s in studies.items())
     print(table)
     if args.table:
         atomic_write_text(args.table, table + "\n")
     if args.json:
-        atomic_write_text(args.json, json.dumps(study, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(studies, indent=2) + "\n")
     return 0
 
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     r.set_defaults(func=_run)
     s = sp.add_parser("summary")
     s.add_argument("--out", required=True)
-    s.add_argument("--baseline", required=True)
+    s.add_argument("--baseline", required=True, nargs="+", help="arm(s) the others are compared with (a table each)")
     s.add_argument("--table")
     s.add_argument("--json")
     s.set_defaults(func=_summary)

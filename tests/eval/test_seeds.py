@@ -28,6 +28,7 @@ def test_t_quantiles_and_the_interval_over_seeds():
     assert s["mean"] == pytest.approx(0.5) and s["std"] == pytest.approx(0.1)
     assert s["ci95"] == pytest.approx([0.5 - 4.303 * 0.1 / math.sqrt(3), 0.5 + 4.303 * 0.1 / math.sqrt(3)])
     assert study.mean_interval(np.array([0.3]))["ci95"] is None  # one seed: no interval, not a zero-width one
+    assert study.mean_interval(np.array([0.1, 0.9]), (0.0, 1.0))["ci95"] == [0.0, 1.0]  # a rate stays in [0, 1]
 
 
 def test_the_study_pairs_arms_seed_by_seed_on_the_same_scenes(tmp_path):
@@ -45,7 +46,7 @@ def test_the_study_pairs_arms_seed_by_seed_on_the_same_scenes(tmp_path):
     assert diff["per_seed"] == {0: 0.5, 1: 0.25}
     assert diff["over_seeds"]["mean"] == pytest.approx(0.375)
     half = 12.706 * np.std([0.5, 0.25], ddof=1) / math.sqrt(2)
-    assert diff["over_seeds"]["ci95"] == pytest.approx([0.375 - half, 0.375 + half])
+    assert diff["over_seeds"]["ci95"] == pytest.approx([max(-1.0, 0.375 - half), min(1.0, 0.375 + half)])
     assert diff["over_scenes"]["n"] == 8 and diff["over_scenes"]["mean"] == pytest.approx(0.375)
     assert s["arms"]["base"]["minus_baseline"] is None
     table = study.seed_study_table(s)

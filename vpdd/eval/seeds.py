@@ -34,15 +34,17 @@ def t975(df: int) -> float:
     return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
 
 
-def mean_interval(values: np.ndarray) -> dict[str, Any]:
-    """Mean, sample standard deviation and 95% t interval of ``values`` (no interval for a single value)."""
+def mean_interval(values: np.ndarray, bounds: tuple[float, float] = (-1.0, 1.0)) -> dict[str, Any]:
+    """Mean, sample standard deviation and 95% t interval of ``values`` (no interval for a single value),
+    the interval clipped to ``bounds`` (what a success rate, or a difference of two, can be)."""
     v = np.asarray(values, dtype=float)
     mean = float(v.mean())
     if len(v) < 2:
         return {"mean": mean, "std": None, "ci95": None, "n": int(len(v))}
     std = float(v.std(ddof=1))
     half = t975(len(v) - 1) * std / math.sqrt(len(v))
-    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": int(len(v))}
+    lo, hi = bounds
+    return {"mean": mean, "std": std, "ci95": [max(lo, mean - half), min(hi, mean + half)], "n": int(len(v))}
 
 
 def read_study(root: str | Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
@@ -96,7 +98,7 @@ def seed_study(runs: dict[str, dict[int, list[dict[str, Any]]]], baseline: str) 
         d = np.concatenate(pooled)
         half = 1.959964 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
         arms[arm] = {
-            "per_seed": per_seed, "over_seeds": mean_interval(np.array(list(per_seed.values()))),
+            "per_seed": per_seed, "over_seeds": mean_interval(np.array(list(per_seed.values())), (0.0, 1.0)),
             "per_task": {t: float(np.mean(v)) for t, v in per_task.items()},
             "episodes_per_seed": len(scenes[seeds[0]]),
             "minus_baseline": None if arm == baseline else {
@@ -130,7 +132,7 @@ def seed_study_table(study: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     n = study["arms"][base]["episodes_per_seed"]
     lines.append("")
-    lines.append(f"{len(seeds)} fine-tuning seeds per arm, {n} episodes per seed on the same scenes in every arm. "
+    lines.append(f"{len(seeds)} training seeds per arm, {n} episodes per seed on the same scenes in every arm. "
                  "Intervals over seeds use Student's t with n-1 degrees of freedom; the interval over scenes pools "
                  "all seeds' paired episodes and leaves out the seed-to-seed variance.")
     return "\n".join(lines)
