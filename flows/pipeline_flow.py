@@ -8,16 +8,17 @@ per-task success table and a card per rollout video where evaluation results exi
 and optionally ``dvc push``. They differ only in the stages they run:
 
 ==================  =======================================  ==========================================
-flow                stages                                    parameters
+flow                stages                                   parameters
 ==================  =======================================  ==========================================
-``vpdd-data``       inspect_robot_data, ingest_videos         overrides, exp_name, force, fetch, push
-``vpdd-tokenize``   train_tokenizer, tokenize                 (the same)
-``vpdd-pretrain``   pretrain                                  (the same)
-``vpdd-finetune``   finetune                                  (the same)
-``vpdd-evaluate``   evaluate (+ the success table)            (the same)
-``vpdd-bc``         train_bc, evaluate_bc                     (the same)
-``vpdd-pipeline``   all, or ``targets`` and their upstream    overrides, exp_name, targets, force, fetch,
-                    stages (+ the success table)              push
+``vpdd-data``       inspect_robot_data, render_task_video,   overrides, exp_name, force, fetch, push
+                    ingest_videos
+``vpdd-tokenize``   train_tokenizer, tokenize                (the same)
+``vpdd-pretrain``   pretrain                                 (the same)
+``vpdd-finetune``   finetune                                 (the same)
+``vpdd-evaluate``   evaluate (+ the success table)           (the same)
+``vpdd-bc``         train_bc, evaluate_bc                    (the same)
+``vpdd-pipeline``   all, or ``targets`` and their upstream   overrides, exp_name, targets, force, fetch,
+                    stages (+ the success table)             push
 ==================  =======================================  ==========================================
 
 Each flow is a module attribute named after it (``vpdd-data`` -> ``data_flow``): deployments record the
@@ -103,9 +104,10 @@ def dvc_flow(name: str, stages: list[str] | None, description: str, evaluation: 
 
 
 data_flow = dvc_flow(
-    "vpdd-data", ["inspect_robot_data", "ingest_videos"],
+    "vpdd-data", ["inspect_robot_data", "render_task_video", "ingest_videos"],
     "Raw data and the data stages: `vpdd data fetch` (data/ as pinned by data.dvc), then the DVC stages "
-    "inspect_robot_data (validated robot episodes) and ingest_videos (the actionless clip corpus).")
+    "inspect_robot_data (validated robot episodes), render_task_video (actionless video of the tasks) and "
+    "ingest_videos (the actionless clip corpus).")
 tokenize_flow = dvc_flow(
     "vpdd-tokenize", ["train_tokenizer", "tokenize"],
     "The video tokenizer and the token cache: DVC stages train_tokenizer (VQ-VAE, models/tokenizer) and "

@@ -22,7 +22,8 @@ import yaml
 
 PROJECT = Path(__file__).resolve().parents[2]
 # The stages copied from the project's dvc.yaml (evaluate joins once it exists and runs without a simulator).
-STAGES = ("inspect_robot_data", "ingest_videos", "train_tokenizer", "tokenize", "pretrain", "finetune")
+STAGES = ("inspect_robot_data", "render_task_video", "ingest_videos", "train_tokenizer", "tokenize", "pretrain",
+          "finetune")
 KEPT_DEP_ROOTS = ("data/", "build/", "models/", "${data.robot.episodes}")
 
 

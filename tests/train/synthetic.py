@@ -82,6 +82,7 @@ def params(**overrides: Any) -> dict[str, Any]:
     data["env"]["resolution"] = RES
     data["data"]["robot"]["tasks"] = list(TASKS)
     data["data"]["robot"]["demos_per_task"] = 3
+    data["data"]["task_video"]["episodes_per_task"] = 0  # no simulator here: the task-video set is empty
     data["tokenizer"].update(resolution=RES, n_codes=32, embedding_dim=8, n_hiddens=16, n_res_layers=1,
                              batch_size=4, steps=4, eval_clips=4, eval_every=4, log_every=2, checkpoint_every=4,
                              heldout_fraction=0.2)

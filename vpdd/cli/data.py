@@ -1,5 +1,5 @@
-"""``vpdd data``: collect robot demonstrations, build the actionless corpus, fetch the pinned raw data, and
-import / export LeRobot-format datasets (docs/data.md)."""
+"""``vpdd data``: collect robot demonstrations, render the actionless task video, build the actionless corpus,
+fetch the pinned raw data, and import / export LeRobot-format datasets (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out", required=True)
     add_force_arg(m)
     m.set_defaults(func=_render_corpus)
+
+    v = sp.add_parser("render-task-video", help="actionless video of the fine-tuning tasks (frames only, no actions)")
+    add_params_arg(v)
+    v.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    v.add_argument("--report", help="also write the collection summary (counts) to this JSON file")
+    add_force_arg(v)
+    v.set_defaults(func=_render_task_video)
 
     i = sp.add_parser("ingest-videos", help="decode a folder of videos into clips")
     i.add_argument("src", help="folder of videos (mp4, webm, avi, mkv, mov), searched recursively")
@@ -115,6 +122,38 @@ def _render_corpus(args: argparse.Namespace) -> int:
         render_backend=cfg.env.render_backend, progress=sys.stderr.isatty(), force=args.force,
     )
     print(json.dumps(report))
+    return 0
+
+
+def _render_task_video(args: argparse.Namespace) -> int:
+    """data.task_video.episodes_per_task scripted episodes of each of data.robot.tasks, rendered like the
+    demonstrations (env camera, crop, flip, resolution) on scenes that are neither the demonstrations' (another
+    base seed) nor any evaluation's (skipped: vpdd.eval.scenes), written without actions."""
+    from vpdd.data.collect import collect_metaworld
+    from vpdd.data.defaults import collect_spec
+    from vpdd.data.episodes import write_index
+    from vpdd.eval.scenes import reserved_for_task_video
+    from vpdd.utils.io import atomic_directory, atomic_write_json
+
+    cfg = params(args)
+    tv, tasks = cfg.data.task_video, list(cfg.data.robot.tasks)
+    if tv.episodes_per_task == 0:
+        with atomic_directory(args.out, marker="index.json", force=args.force) as tmp:
+            write_index(tmp, [], actionless=True)
+        report = {"episodes": 0, "frames": 0, "attempts": 0, "per_task": {}}
+    else:
+        reserved = reserved_for_task_video(cfg, tasks)
+        spec = collect_spec(cfg, demos_per_task=tv.episodes_per_task, seed=tv.seed,
+                            max_attempts_per_demo=tv.max_attempts_per_episode, actionless=True,
+                            exclude_seeds={t: sorted(s) for t, s in reserved.items()})
+        report = collect_metaworld(spec, args.out, workers=cfg.data.workers, progress=sys.stderr.isatty(),
+                                   force=args.force)
+        log.info("rendered %d actionless episodes in %.0f s", report["episodes"], report["seconds"])
+        report = {k: report[k] for k in ("episodes", "frames", "attempts", "failures", "skipped_reserved_seeds",
+                                         "per_task")}
+    if args.report:
+        atomic_write_json(args.report, report)
+    print(json.dumps({k: v for k, v in report.items() if k != "per_task"}))
     return 0
 
 

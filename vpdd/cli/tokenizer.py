@@ -1,9 +1,10 @@
 """``vpdd tokenizer``: train the video VQ-VAE, build the token cache, and look at reconstructions.
 
-    vpdd tokenizer train --params params.yaml --robot data/metaworld --corpus build/corpus \\
-        --out models/tokenizer --live results/tokenizer [--fresh | --restart-if-changed] [--device auto|cpu|cuda]
+    vpdd tokenizer train --params params.yaml --robot data/metaworld --task-video build/task_video \\
+        --corpus build/corpus --out models/tokenizer --live results/tokenizer [--fresh | --restart-if-changed] \\
+        [--device auto|cpu|cuda]
     vpdd tokenizer encode --params params.yaml --tokenizer models/tokenizer --robot data/metaworld \\
-        --corpus build/corpus --out build/tokens [--batch-size N]
+        --task-video build/task_video --corpus build/corpus --out build/tokens [--batch-size N]
     vpdd tokenizer reconstruct --tokenizer models/tokenizer (--robot DIR | --corpus DIR | --episode F.npz ...)
         --out results/tokenizer/videos [--n 4] [--format mp4|gif]
 
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_params_arg(t)
     t.add_argument("--robot", help="robot episode folder with index.json (e.g. data/metaworld)")
     t.add_argument("--corpus", help="ingested actionless corpus (e.g. build/corpus)")
+    t.add_argument("--task-video", help="actionless video of the tasks (e.g. build/task_video)")
     t.add_argument("--out", required=True, help="checkpoint directory (resumed when it holds a compatible run)")
     t.add_argument("--live", help="DVCLive directory for metrics, plots and the reconstruction grid")
     add_resume_args(t)
@@ -38,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--tokenizer", required=True, help="trained tokenizer checkpoint directory")
     e.add_argument("--robot", help="robot episode folder with index.json")
     e.add_argument("--corpus", help="ingested actionless corpus")
+    e.add_argument("--task-video", help="actionless video of the tasks (joins the robot source)")
     e.add_argument("--out", required=True, help="token cache directory to write")
     e.add_argument("--batch-size", type=int, help="windows per forward pass (default: tokenizer.encode_batch_size)")
     e.add_argument("--device", default="auto")
@@ -64,9 +67,10 @@ def _train(args: argparse.Namespace) -> int:
     from vpdd.tokenizer.train import train_tokenizer
 
     cfg = params(args)
-    check_checkpoint_out(args, args.robot, args.corpus, args.params)
+    check_checkpoint_out(args, args.robot, args.corpus, args.task_video, args.params)
     result = run_training("tokenizer train", train_tokenizer, cfg=cfg.tokenizer, out=args.out, robot=args.robot,
-                          corpus=args.corpus, live_dir=args.live, resume=resume_mode(args), device=args.device,
+                          corpus=args.corpus, task_video=args.task_video, live_dir=args.live,
+                          resume=resume_mode(args), device=args.device,
                           data_dvc=args.data_dvc)
     if isinstance(result, int):
         return result
@@ -86,6 +90,7 @@ def _encode(args: argparse.Namespace) -> int:
         args.out,
         robot=args.robot,
         corpus=args.corpus,
+        task_video=args.task_video,
         params=cfg.tokenizer,
         batch_size=args.batch_size,
         device=args.device,

@@ -1,4 +1,5 @@
-"""Config group ``data``: the raw robot demonstrations and the actionless video corpus.
+"""Config group ``data``: the raw robot demonstrations, the actionless video corpus and the actionless video
+of the fine-tuning tasks (``task_video``).
 
 ``data.robot.source`` picks where the fine-tuning demonstrations come from (docs/data.md): ``metaworld``
 (the scripted demonstrations in ``data/metaworld``, pinned by data.dvc) or ``lerobot`` (a LeRobot-format
@@ -103,6 +104,23 @@ class CorpusConfig(Validated):
 
 
 @dataclass
+class TaskVideoConfig(Validated):
+    # Actionless video of the fine-tuning tasks (docs/data.md): scripted episodes of data.robot.tasks seen from
+    # the demonstrations' camera (env), on scenes disjoint from the demonstrations, the evaluation scenes and
+    # the held-out clips of `vpdd eval video`, written without actions. Tokenizer training and pre-training read
+    # it; fine-tuning cannot. episodes_per_task: 0 renders nothing (an empty set).
+    episodes_per_task: int = 80
+    seed: int = 2000  # base of the scene seeds; must differ from data.robot.seed and data.corpus.seed
+    max_attempts_per_episode: int = 2  # failed scripted episodes are dropped
+
+    def checks(self) -> list[Check]:
+        return [
+            Check("episodes_per_task", self.episodes_per_task >= 0, "a value >= 0"),
+            *positive(self, "max_attempts_per_episode"),
+        ]
+
+
+@dataclass
 class IngestConfig(Validated):
     clip_length: int = 8  # frames per clip
     clip_stride: int = 8  # frames between clip starts (8: non-overlapping, as in the paper)
@@ -119,6 +137,7 @@ class DataConfig(Validated):
     root: str = "data"  # pinned by data.dvc
     robot: RobotDataConfig = field(default_factory=RobotDataConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    task_video: TaskVideoConfig = field(default_factory=TaskVideoConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     workers: int = 2  # processes for collection
 
@@ -127,4 +146,7 @@ class DataConfig(Validated):
         return [
             *positive(self, "workers"),
             Check("corpus.tasks", not overlap, f"tasks outside the fine-tuning set; both lists hold {overlap}"),
+            Check("task_video.seed", self.task_video.seed not in (self.robot.seed, self.corpus.seed),
+                  f"a base seed other than data.robot.seed ({self.robot.seed}) and data.corpus.seed "
+                  f"({self.corpus.seed}), so its scenes are not the demonstrations'"),
         ]

@@ -5,6 +5,11 @@ frame, the 4-d action, the 39-d state and the success flag. Every attempt has it
 (base seed, task, attempt number), so the same settings give the same bytes and adding a task does not
 change the others. Failed demonstrations are dropped (and counted) unless ``keep_failures``.
 
+With ``actionless`` the same rollouts are written without actions, states or success flags (frames and
+metadata only, :func:`vpdd.data.episodes.save_frames_only`): the actionless video of the fine-tuning tasks
+(``vpdd data render-task-video``). ``exclude_seeds`` lists, per task, scene seeds that must not be used
+(demonstrations, evaluation scenes); an attempt whose seed is listed is skipped and counted.
+
 ``render_actionless_corpus`` renders scripted episodes of *other* tasks from *another* camera as mp4
 files with optional caption sidecars and no actions: the stand-in for human video that the default
 pipeline ships with.
@@ -24,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from vpdd.data.episodes import Episode, save_episode, write_index
+from vpdd.data.episodes import Episode, save_episode, save_frames_only, write_index
 from vpdd.envs.tasks import instruction, unknown_tasks
 from vpdd.utils.io import atomic_directory, atomic_write_json
 
@@ -50,6 +55,8 @@ class CollectSpec:
     fast_render: bool = True
     render_backend: str = "egl"
     keep_failures: bool = False
+    actionless: bool = False  # write frames and metadata only
+    exclude_seeds: dict[str, list[int]] | None = None  # per task, scene seeds never to use
 
     def __post_init__(self) -> None:
         bad = unknown_tasks(self.tasks)
@@ -93,27 +100,36 @@ def rollout(env: Any, policy: Any, seed: int, max_steps: int, steps_after_succes
 def _collect_task(spec: CollectSpec, task: str, out: Path, progress: Any) -> dict[str, Any]:
     from vpdd.envs.metaworld import MetaWorldEnv, scripted_policy
 
-    entries, failures, attempt = [], 0, 0
+    entries, failures, attempt, reserved = [], 0, 0, 0
     max_attempts = spec.demos_per_task * spec.max_attempts_per_demo
+    exclude = set((spec.exclude_seeds or {}).get(task, ()))
     with MetaWorldEnv(task, spec.camera, spec.resolution, spec.flip, spec.fast_render, spec.render_backend,
                       max_episode_steps=spec.max_steps + 1, crop=spec.crop) as env:
         policy = scripted_policy(task)
         while len(entries) < spec.demos_per_task and attempt < max_attempts:
             seed = episode_seed(spec.seed, task, attempt)
-            episode = rollout(env, policy, seed, spec.max_steps, spec.steps_after_success)
-            episode.meta["attempt"] = attempt
             attempt += 1
+            if seed in exclude:
+                reserved += 1
+                log.info("%s: scene seed %d is reserved (demonstrations or evaluation); skipped", task, seed)
+                continue
+            episode = rollout(env, policy, seed, spec.max_steps, spec.steps_after_success)
+            episode.meta["attempt"] = attempt - 1
             if not episode.meta["success"]:
                 failures += 1
                 if not spec.keep_failures:
                     continue
-            rel = f"{task}/episode_{attempt - 1:04d}.npz"
-            save_episode(out / rel, episode)
+            if spec.actionless:
+                rel = f"{task}/video_{attempt - 1:04d}.npz"
+                save_frames_only(out / rel, episode.frames, {**episode.meta, "actionless": True})
+            else:
+                rel = f"{task}/episode_{attempt - 1:04d}.npz"
+                save_episode(out / rel, episode)
             entries.append({"path": rel, **{k: episode.meta[k] for k in
                             ("task", "instruction", "seed", "success", "length", "attempt")}})
             if progress is not None:
                 progress.put(len(episode))
-    return {"task": task, "entries": entries, "attempts": attempt, "failures": failures}
+    return {"task": task, "entries": entries, "attempts": attempt, "failures": failures, "reserved": reserved}
 
 
 def _worker(args: tuple[CollectSpec, str, str, Any]) -> dict[str, Any]:
@@ -158,7 +174,7 @@ def collect_metaworld(spec: CollectSpec, out: str | Path, workers: int = 1, prog
                 f"per task within {spec.demos_per_task * spec.max_attempts_per_demo} attempts); "
                 "raise data.robot.max_attempts_per_demo"
             )
-        write_index(tmp, entries)
+        write_index(tmp, entries, actionless=spec.actionless)
         report = {
             "spec": asdict(spec),
             "episodes": len(entries),
@@ -169,6 +185,14 @@ def collect_metaworld(spec: CollectSpec, out: str | Path, workers: int = 1, prog
                          for r in results},
             "frames": sum(e["length"] for e in entries),
         }
+        if spec.actionless or spec.exclude_seeds:  # keys only when they apply: the pinned demos' report is unchanged
+            report["spec"]["exclude_seeds"] = {t: len(v) for t, v in (spec.exclude_seeds or {}).items()}  # counts
+            report["skipped_reserved_seeds"] = sum(r["reserved"] for r in results)
+            for r in results:
+                report["per_task"][r["task"]]["skipped_reserved_seeds"] = r["reserved"]
+        else:
+            for key in ("actionless", "exclude_seeds"):
+                report["spec"].pop(key)
         atomic_write_json(tmp / "collection.json", report)
     elapsed = time.perf_counter() - start
     log.info("collected %d episodes, %d frames in %.1f s (%d failed attempts dropped)",

@@ -15,6 +15,11 @@ meta.json      utf-8 JSON            task, instruction, seed, success, camera, r
 
 An ``index.json`` beside the task folders lists every episode with its metadata, so datasets can be
 built without opening every file.
+
+An **actionless** store (index format ``vpdd-actionless-episodes/1``, written by ``vpdd data render-task-video``)
+holds the same kind of camera video without any action, state or success array: each file has only
+``frames.npy`` and ``meta.json``. :meth:`EpisodeStore.load_frames` reads both kinds; :meth:`EpisodeStore.load`
+refuses an actionless store, so nothing can train an action network on it by mistake.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from vpdd.utils.io import atomic_write_json
 
 INDEX_NAME = "index.json"
 REQUIRED = ("frames", "actions", "states", "success")
+FORMAT = "vpdd-episodes/1"
+ACTIONLESS_FORMAT = "vpdd-actionless-episodes/1"
 
 
 class DataFormatError(ValueError):
@@ -86,6 +93,33 @@ def save_episode(path: str | Path, episode: Episode) -> Path:
     return save_npz(path, arrays, {"meta.json": meta})
 
 
+def save_frames_only(path: str | Path, frames: np.ndarray, meta: dict[str, Any]) -> Path:
+    """Write one actionless episode (frames and metadata, nothing else) atomically."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise DataFormatError(f"{path}: frames must be (T>0, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    return save_npz(path, {"frames": frames}, {"meta.json": json.dumps(meta, sort_keys=True).encode()})
+
+
+def load_frames(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """The frames and metadata of an episode file of either kind (with or without actions)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "frames.npy" not in npz.zip.namelist():
+                raise DataFormatError(f"{path}: not an episode file, no frames member")
+            frames = npz["frames"]
+            meta = json.loads(npz.zip.read("meta.json")) if "meta.json" in npz.zip.namelist() else {}
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: no such episode file") from None
+    except DataFormatError:
+        raise
+    except Exception as err:
+        raise DataFormatError(f"{path}: unreadable episode file ({type(err).__name__}: {err})") from None
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise DataFormatError(f"{path}: frames must be (T>0, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    return frames, meta
+
+
 def load_episode(path: str | Path) -> Episode:
     """Read one episode; a clear error names the file when it is missing, truncated or malformed."""
     path = Path(path)
@@ -108,16 +142,21 @@ def load_episode(path: str | Path) -> Episode:
         raise DataFormatError(str(err).replace("episode:", f"{path}:", 1)) from None
 
 
-def write_index(root: str | Path, entries: list[dict[str, Any]]) -> Path:
+def write_index(root: str | Path, entries: list[dict[str, Any]], actionless: bool = False,
+                extra: dict[str, Any] | None = None) -> Path:
     """Write ``index.json`` for a benchmark folder: one entry per episode, paths relative to ``root``."""
     entries = sorted(entries, key=lambda e: (e["task"], e["path"]))
-    return atomic_write_json(Path(root) / INDEX_NAME, {"format": "vpdd-episodes/1", "episodes": entries})
+    doc = {"format": ACTIONLESS_FORMAT if actionless else FORMAT, **(extra or {}), "episodes": entries}
+    return atomic_write_json(Path(root) / INDEX_NAME, doc)
 
 
 class EpisodeStore:
-    """The robot episodes under ``root`` (for example ``data/metaworld``), read through ``index.json``."""
+    """The robot episodes under ``root`` (for example ``data/metaworld``), read through ``index.json``.
 
-    def __init__(self, root: str | Path):
+    ``allow_empty``: an index listing no episodes is accepted (an actionless set rendered with
+    ``episodes_per_task: 0``)."""
+
+    def __init__(self, root: str | Path, allow_empty: bool = False):
         self.root = Path(root)
         index = self.root / INDEX_NAME
         if not self.root.is_dir():
@@ -127,9 +166,13 @@ class EpisodeStore:
         try:
             data = json.loads(index.read_text())
             self.entries: list[dict[str, Any]] = list(data["episodes"])
+            self.format = str(data.get("format", FORMAT))
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataFormatError(f"{index}: malformed episode index ({err})") from None
-        if not self.entries:
+        if self.format not in (FORMAT, ACTIONLESS_FORMAT):
+            raise DataFormatError(f"{index}: format {self.format!r}, expected {FORMAT!r} or {ACTIONLESS_FORMAT!r}")
+        self.actionless = self.format == ACTIONLESS_FORMAT
+        if not self.entries and not allow_empty:
             raise DataFormatError(f"{index}: the index lists no episodes")
 
     def __len__(self) -> int:
@@ -158,7 +201,14 @@ class EpisodeStore:
         return chosen
 
     def load(self, entry: dict[str, Any]) -> Episode:
+        if self.actionless:
+            raise DataFormatError(f"{self.root}: an actionless video set ({ACTIONLESS_FORMAT}) holds no actions; "
+                                  "it can feed the tokenizer and pre-training, not fine-tuning or BC")
         return load_episode(self.root / entry["path"])
+
+    def load_frames(self, entry: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        """Frames and metadata of one episode, for either kind of store."""
+        return load_frames(self.root / entry["path"])
 
     def __iter__(self) -> Iterator[Episode]:
         for entry in self.entries:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-EVAL_SEED_BASE = 1_000_003  # evaluation scenes: far from data.robot.seed / data.corpus.seed bases
+from vpdd.eval.scenes import EVAL_SEED_BASE, scene_seeds  # noqa: F401  (re-exported)
 
 
 class EvaluationError(ValueError):
@@ -68,13 +68,6 @@ class EvalRun:
     episodes: list[EpisodeResult] = field(default_factory=list)
     videos: list[RolloutVideo] = field(default_factory=list)
     timing: TaskTiming = field(default_factory=TaskTiming)
-
-
-def scene_seeds(task: str, eval_seed: int, episodes: int) -> list[int]:
-    """The scene seeds of ``episodes`` evaluation episodes of ``task`` for evaluation seed ``eval_seed``."""
-    from vpdd.data.collect import episode_seed
-
-    return [episode_seed(EVAL_SEED_BASE + int(eval_seed), task, k) for k in range(episodes)]
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -41,7 +41,6 @@ beside it (checkpoint, counts, settings, held-out episodes, per-window scores), 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import math
@@ -53,9 +52,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from vpdd.eval.scenes import HELDOUT_DEFAULT_SEED, SEED_NAMESPACE, hash31, heldout_seed, training_seeds
+
 log = logging.getLogger(__name__)
 
-SEED_NAMESPACE = "vpdd-eval-video"
 PSNR_CAP_DB = 100.0  # vpdd.tokenizer.metrics.psnr floors the MSE at 1e-10: 10 log10(1 / 1e-10)
 ROWS = ("predicted", "reconstruction", "copy_last")
 METRICS_FILE, PNG_FILE, GIF_FILE = "metrics.json", "side_by_side.png", "side_by_side.gif"
@@ -72,7 +72,7 @@ class VideoEvalSettings:
     episodes_per_task: int = 2
     windows_per_episode: int = 4
     sampling_stride: int | None = 10  # reverse-diffusion stride; None: the checkpoint's diffusion.sampling_stride
-    seed: int = 0
+    seed: int = HELDOUT_DEFAULT_SEED
     examples_per_task: int = 2  # rows per task in the PNG / GIF
     batch_size: int = 16  # windows per reverse diffusion
     keep_failures: bool = False
@@ -92,34 +92,9 @@ class VideoEvalSettings:
 
 
 # ------------------------------------------------------------------------------------------ held-out clips
-def _hash31(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
-
-
-def heldout_seed(seed: int, task: str, attempt: int) -> int:
-    """The scene seed of held-out attempt ``attempt`` of ``task`` (see the module docstring)."""
-    return _hash31(f"{SEED_NAMESPACE}:{int(seed)}:{task}:{int(attempt)}")
-
-
 def policy_seed(seed: int, task: str, episode: int) -> int:
     """The policy generator's seed for the windows of one held-out episode."""
-    return _hash31(f"{SEED_NAMESPACE}-policy:{int(seed)}:{task}:{int(episode)}")
-
-
-def training_seeds(robot_cfg: Any, tasks: Sequence[str], robot: str | Path | None = None) -> dict[str, set[int]]:
-    """Per task, every scene seed the training data may hold: all attempts the collector could derive from
-    ``data.robot.seed``, plus the seeds recorded in ``robot``'s ``index.json`` when given."""
-    from vpdd.data.collect import episode_seed
-
-    attempts = int(robot_cfg.demos_per_task) * int(robot_cfg.max_attempts_per_demo)
-    seeds = {t: {episode_seed(int(robot_cfg.seed), t, a) for a in range(attempts)} for t in tasks}
-    if robot is not None:
-        from vpdd.data.episodes import EpisodeStore
-
-        for entry in EpisodeStore(robot).entries:
-            if entry.get("task") in seeds and entry.get("seed") is not None:
-                seeds[entry["task"]].add(int(entry["seed"]))
-    return seeds
+    return hash31(f"{SEED_NAMESPACE}-policy:{int(seed)}:{task}:{int(episode)}")
 
 
 def render_settings(params_env: Any, checkpoint_config: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
@@ -471,7 +446,7 @@ def run_video_eval(policy_dir: str | Path, cfg: Any, out: str | Path, settings: 
     if bad := unknown_tasks(tasks):
         raise VideoEvalError(f"tasks {bad}: unknown Meta-World v3 task names")
     future_offset = int(ck_config["train"].get("future_offset", 20))
-    exclude = training_seeds(cfg.data.robot, tasks, robot)
+    exclude = training_seeds(cfg.data.robot, tasks, robot, cfg.data.task_video)
     # Load the model before any MuJoCo rendering: importing triton (pulled in by the GPT-2 action network)
     # after Mesa's EGL/llvmpipe has loaded its LLVM crashes the process (SIGSEGV in triton/knobs.py).
     policy = VPDDPolicy.from_pretrained(policy_dir, device=device, kernel_impl=cfg.kernel.impl,

@@ -1,4 +1,5 @@
-"""Video clips for the tokenizer: robot episodes and the actionless corpus, one pool, one convention.
+"""Video clips for the tokenizer: robot episodes (demonstrations and the actionless task video, both source
+``robot``) and the actionless corpus, one pool, one convention.
 
 Both sources become :class:`VideoItem` (all frames of one episode or one corpus video, uint8
 ``(T, H, W, 3)``). A window of ``L`` frames *ending* at step ``s`` is frames ``s-L+1 .. s``; indices before
@@ -46,18 +47,41 @@ def window_indices(ends: np.ndarray | int, length: int) -> np.ndarray:
     return np.maximum(ends[..., None] - (length - 1) + np.arange(length), 0)
 
 
-def load_robot_items(root: str | Path, tasks: list[str] | None = None) -> list[VideoItem]:
-    """Every episode under ``root`` (``index.json`` written by the collector), frames in memory."""
+def load_robot_items(root: str | Path, tasks: list[str] | None = None, allow_empty: bool = False) -> list[VideoItem]:
+    """Every episode under ``root`` (``index.json`` written by the collector), frames in memory. An actionless
+    store (the task video of ``vpdd data render-task-video``) gives the same items, marked ``actionless``:
+    it is robot-camera video of the same tasks, so it shares the ``robot`` source (one token row per step)."""
     from vpdd.data.episodes import EpisodeStore
 
-    store = EpisodeStore(root)
+    store = EpisodeStore(root, allow_empty=allow_empty)
     items = []
-    for entry in store.select(tasks):
-        ep = store.load(entry)
+    for entry in store.select(tasks) if store.entries else []:
+        frames, ep_meta = store.load_frames(entry)
         meta = {k: v for k, v in entry.items() if isinstance(v, (str, int, float, bool)) or v is None}
-        meta.setdefault("instruction", ep.instruction)
-        items.append(VideoItem("robot", str(entry["path"]), ep.frames, meta))
+        meta.setdefault("instruction", str(ep_meta.get("instruction", "")))
+        if store.actionless:
+            meta["actionless"] = True
+        items.append(VideoItem("robot", str(entry["path"]), frames, meta))
     return items
+
+
+def load_task_video_items(root: str | Path) -> list[VideoItem]:
+    """The actionless task video under ``root`` (possibly none); refuses a store that holds actions."""
+    from vpdd.data.episodes import ACTIONLESS_FORMAT, EpisodeStore
+
+    store = EpisodeStore(root, allow_empty=True)
+    if not store.actionless:
+        raise DataFormatError(f"{root}: expected actionless task video ({ACTIONLESS_FORMAT}, written by `vpdd data "
+                              f"render-task-video`), got {store.format!r}")
+    return load_robot_items(root, allow_empty=True)
+
+
+def merge_robot_items(robot: list[VideoItem], task_video: list[VideoItem], root: str | Path) -> list[VideoItem]:
+    """Demonstrations then task video, refusing a key both hold (the token cache finds episodes by key)."""
+    clash = sorted({i.key for i in robot} & {i.key for i in task_video})
+    if clash:
+        raise DataFormatError(f"{root}: task video keys {clash[:3]} are also demonstration keys")
+    return robot + task_video
 
 
 def open_corpus(root: str | Path):
@@ -97,10 +121,13 @@ def check_resolution(items: list[VideoItem], resolution: int, what: str, root: s
             )
 
 
-def load_items(robot: str | Path | None, corpus: str | Path | None) -> list[VideoItem]:
+def load_items(robot: str | Path | None, corpus: str | Path | None,
+               task_video: str | Path | None = None) -> list[VideoItem]:
     items: list[VideoItem] = []
     if robot is not None:
         items += load_robot_items(robot)
+    if task_video is not None:
+        items = merge_robot_items(items, load_task_video_items(task_video), task_video)
     if corpus is not None:
         items += load_corpus_items(corpus)[0]
     if not items:

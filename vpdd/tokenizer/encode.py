@@ -47,6 +47,7 @@ def encode_dataset(
     robot: str | Path | None = None,
     corpus: str | Path | None = None,
     *,
+    task_video: str | Path | None = None,
     params: TokenizerConfig | None = None,
     batch_size: int | None = None,
     device: str = "auto",
@@ -54,13 +55,14 @@ def encode_dataset(
     progress: bool | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Write the token cache for ``robot`` and/or ``corpus`` to ``out``; returns its manifest.
+    """Write the token cache for ``robot`` and/or ``corpus`` to ``out``; returns its manifest. ``task_video``
+    (actionless episodes of the tasks) joins the ``robot`` source, its items marked ``actionless``.
 
     ``out`` follows the output-folder rule (:func:`vpdd.utils.io.check_output_dir`), checked before any work."""
     from vpdd.tokenizer.cache import MANIFEST
     from vpdd.utils.io import check_output_dir
 
-    guard = {"inputs": [tokenizer_dir, robot, corpus], "marker": MANIFEST, "force": force}
+    guard = {"inputs": [tokenizer_dir, robot, corpus, task_video], "marker": MANIFEST, "force": force}
     check_output_dir(out, **guard)
     if robot is None and corpus is None:
         raise DataFormatError("nothing to encode: pass a robot episode folder and/or an ingested corpus")
@@ -78,6 +80,12 @@ def encode_dataset(
         sources["robot"] = tdata.load_robot_items(robot)
         tdata.check_resolution(sources["robot"], cfg.resolution, what, robot)
         inputs["robot"] = {"root": str(robot), "index_sha256": index_digest(robot)}
+    if task_video is not None:  # actionless video of the tasks: more robot-source items, marked actionless
+        items = tdata.load_task_video_items(task_video)
+        tdata.check_resolution(items, cfg.resolution, what, task_video)
+        sources["robot"] = tdata.merge_robot_items(sources.get("robot", []), items, task_video)
+        inputs["task_video"] = {"root": str(task_video), "index_sha256": index_digest(task_video),
+                                "episodes": len(items)}
     if corpus is not None:
         items, clip_length = tdata.load_corpus_items(corpus)
         if clip_length < window:

@@ -55,23 +55,27 @@ LOSS_EMA = 0.95  # smoothing of the loss monitor
 LOSS_WARMUP = 10  # steps before the explosion test starts
 
 
-def run_fingerprint(cfg: TokenizerConfig, robot, corpus) -> dict[str, Any]:
+def run_fingerprint(cfg: TokenizerConfig, robot, corpus, task_video=None) -> dict[str, Any]:
     """What makes two runs the same run: fixed config keys, data index digests, code digest."""
     fixed = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_KEYS}
-    return {
+    out = {
         "config": fixed,
         "robot": None if robot is None else index_digest(robot),
         "corpus": None if corpus is None else index_digest(corpus),
         "code": code_digest("tokenizer", "runtime"),
     }
+    if task_video is not None:  # only when used, so runs without it keep their fingerprint
+        out["task_video"] = index_digest(task_video)
+    return out
 
 
 def fingerprint_changes(saved_cfg: TokenizerConfig, saved: dict, cfg: TokenizerConfig, now: dict) -> list[str]:
     """Human-readable differences between a checkpoint's run and this one (empty: the same run)."""
     fixed = [k for k in saved_cfg.__dataclass_fields__ if k not in RESUMABLE_KEYS]
     diff = differing_keys(saved_cfg, cfg, fixed)
-    for key, what in (("robot", "robot data index"), ("corpus", "corpus index"), ("code", "tokenizer code")):
-        if saved.get(key) != now[key]:
+    for key, what in (("robot", "robot data index"), ("corpus", "corpus index"), ("code", "tokenizer code"),
+                      ("task_video", "task video index")):
+        if saved.get(key) != now.get(key):
             diff.append(f"{what} changed")
     return diff
 
@@ -112,6 +116,7 @@ def train_tokenizer(
     corpus: str | Path | None = None,
     live_dir: str | Path | None = None,
     *,
+    task_video: str | Path | None = None,
     resume: bool | str = "strict",
     device: str = "auto",
     data_dvc: str | Path | None = "data.dvc",
@@ -140,6 +145,10 @@ def train_tokenizer(
         robot_items = tdata.load_robot_items(robot)
         tdata.check_resolution(robot_items, cfg.resolution, "params tokenizer.resolution", robot)
         items += robot_items
+    if task_video is not None:
+        video_items = tdata.load_task_video_items(task_video)
+        tdata.check_resolution(video_items, cfg.resolution, "params tokenizer.resolution", task_video)
+        items = tdata.merge_robot_items(items, video_items, task_video)
     if corpus is not None:
         corpus_items, _ = tdata.load_corpus_items(corpus)
         tdata.check_resolution(corpus_items, cfg.resolution, "params tokenizer.resolution", corpus)
@@ -160,7 +169,7 @@ def train_tokenizer(
     model = build_model(cfg).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     loss_ema = None
-    fingerprint = run_fingerprint(cfg, robot, corpus)
+    fingerprint = run_fingerprint(cfg, robot, corpus, task_video)
     ckpt = None
 
     def changes() -> list[str]:
@@ -184,6 +193,7 @@ def train_tokenizer(
         "data_version": data_version(data_dvc),
         "robot": None if robot is None else {"root": str(robot), "index_sha256": index_digest(robot)},
         "corpus": None if corpus is None else {"root": str(corpus), "index_sha256": index_digest(corpus)},
+        **({"task_video": {"root": str(task_video), "index_sha256": index_digest(task_video)}} if task_video else {}),
         "heldout": sorted(f"{i.source}:{i.key}" for i in heldout),
         "fingerprint": fingerprint,
     }
