@@ -16,8 +16,9 @@ one, else ``env`` in params.yaml; the resolution must equal the checkpoint token
 training collector hashes ``"{data.robot.seed}:{task}:{attempt}"`` (:func:`vpdd.data.collect.episode_seed`),
 which never spells the same string, so the two only meet by a 31-bit hash collision; such seeds are skipped
 explicitly: every seed the collector could have used (``demos_per_task * max_attempts_per_demo`` attempts
-from ``data.robot.seed``) and every seed listed in the training data's ``index.json`` (``robot``) is
-excluded. As in the training data, failed scripted episodes are dropped (``keep_failures`` keeps them).
+from ``data.robot.seed``), every seed the actionless task video could have used (``data.task_video``) and
+every seed listed in the training data's ``index.json`` (``robot``) is excluded (the seed rules live in
+:mod:`vpdd.eval.scenes`). As in the training data, failed scripted episodes are dropped (``keep_failures`` keeps them).
 Alternatively ``heldout`` names a folder of episodes (``index.json``) that were not used for training; an
 episode whose (task, seed) is in the training data is refused.
 
