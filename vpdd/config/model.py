@@ -37,8 +37,8 @@ class ActionNetConfig(Validated):
     n_inner: int = 256
     dropout: float = 0.1
     # Also feed the current observation (the history tokens' codebook embeddings, added to the foresight
-    # features position by position). The released code reads only the foresight; the tiny preset needs the
-    # direct view because its small video network's features carry too little of the scene (docs/training.md).
+    # features position by position). The released code reads only the foresight; the tiny preset turns this on
+    # because its small video network's features carry too little of the scene (docs/training.md).
     history_input: bool = False
 
     def checks(self) -> list[Check]:
