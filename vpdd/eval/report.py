@@ -48,6 +48,16 @@ class EvalSettings:
     kernel_impl: str = "auto"  # the kernel.impl setting (VPDD_KERNEL_IMPL wins)
 
 
+def settings_from_config(cfg: Any, device: str = "cpu") -> EvalSettings:
+    """The evaluation a params file describes (its ``eval`` section and ``kernel.impl``)."""
+    ev = cfg.eval
+    return EvalSettings(
+        tasks=list(ev.tasks), episodes_per_task=ev.episodes_per_task, seeds=list(ev.seeds), max_steps=ev.max_steps,
+        n_envs=ev.n_envs, execute_steps=ev.execute_steps, sampling_stride=ev.sampling_stride,
+        videos_per_task=ev.videos_per_task, device=device, kernel_impl=cfg.kernel.impl,
+    )
+
+
 def policy_tasks(policy: Any, tasks: list[str]) -> list[str]:
     """The tasks to evaluate: ``tasks`` when given, else the tasks the policy was fine-tuned on.
 
