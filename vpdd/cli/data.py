@@ -1,5 +1,6 @@
 """``vpdd data``: collect robot demonstrations, render the actionless task video, build the actionless corpus,
-fetch the pinned raw data, and import / export LeRobot-format datasets (docs/data.md)."""
+render the stand-in for human video, fetch the pinned raw data, and import / export LeRobot-format datasets
+(docs/data.md)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--report", help="also write the collection summary (counts) to this JSON file")
     add_force_arg(v)
     v.set_defaults(func=_render_task_video)
+
+    s = sp.add_parser("render-standin-video",
+                      help="stand-in for human video: other tasks, no arm, other cameras (mp4, no actions)")
+    add_params_arg(s)
+    s.add_argument("--out", required=True, help="output folder of mp4 + caption files (replaced atomically)")
+    s.add_argument("--report", help="also write the per-video settings and counts to this JSON file")
+    add_force_arg(s)
+    s.set_defaults(func=_render_standin)
 
     i = sp.add_parser("ingest-videos", help="decode a folder of videos into clips")
     i.add_argument("src", help="folder of videos (mp4, webm, avi, mkv, mov), searched recursively")
@@ -154,6 +163,20 @@ def _render_task_video(args: argparse.Namespace) -> int:
     if args.report:
         atomic_write_json(args.report, report)
     print(json.dumps({k: v for k, v in report.items() if k != "per_task"}))
+    return 0
+
+
+def _render_standin(args: argparse.Namespace) -> int:
+    """data.standin.videos_per_task stand-in videos of each of data.standin.tasks (vpdd/data/standin.py): a folder
+    that `vpdd data ingest-videos` reads like real human video."""
+    from vpdd.data.standin import render_standin, standin_spec
+    from vpdd.utils.io import atomic_write_json
+
+    report = render_standin(standin_spec(params(args)), args.out, progress=sys.stderr.isatty(), force=args.force)
+    report.pop("seconds")  # logged by the library; the report file stays the same on a rerun
+    if args.report:
+        atomic_write_json(args.report, report)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("spec", "per_task", "per_video")}))
     return 0
 
 

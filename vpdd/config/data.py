@@ -1,5 +1,5 @@
-"""Config group ``data``: the raw robot demonstrations, the actionless video corpus and the actionless video
-of the fine-tuning tasks (``task_video``).
+"""Config group ``data``: the raw robot demonstrations, the actionless video corpus, the actionless video
+of the fine-tuning tasks (``task_video``) and the cross-domain stand-in for human video (``standin``).
 
 ``data.robot.source`` picks where the fine-tuning demonstrations come from (docs/data.md): ``metaworld``
 (the scripted demonstrations in ``data/metaworld``, pinned by data.dvc) or ``lerobot`` (a LeRobot-format
@@ -120,6 +120,59 @@ class TaskVideoConfig(Validated):
         ]
 
 
+DEMO_CAMERA = "corner2"  # env.camera of both presets: the stand-in video refuses it
+STANDIN_ARM_STYLES = ("hidden", "recoloured")
+
+
+@dataclass
+class StandinConfig(Validated):
+    # Cross-domain stand-in for human video (docs/data.md, vpdd/data/standin.py): scripted episodes of related
+    # tasks outside the fine-tuning set, robot arm hidden or skin-toned, gripper skin-toned, other cameras,
+    # lighting and colour drawn per video; mp4 + caption sidecars only, read by `vpdd data ingest-videos`.
+    tasks: list[str] = field(
+        default_factory=lambda: ["button-press-v3", "button-press-wall-v3", "drawer-open-v3", "handle-press-side-v3",
+                                 "plate-slide-side-v3", "plate-slide-back-v3"]
+    )
+    videos_per_task: int = 8  # 0 renders nothing (an empty folder)
+    seed: int = 3000  # base of the scene seeds; must differ from data.robot/corpus/task_video seeds
+    render_resolution: int = 96  # even; ingest resizes to env.resolution
+    crop: float = 1.0  # field-of-view fraction (1: the camera's own, wider than the demonstrations' crop)
+    fps: int = 20
+    captioned_fraction: float = 0.5  # this share of each task's videos gets a caption sidecar
+    arm_style: str = "hidden"  # hidden: arm and pedestal invisible | recoloured: arm links skin-toned
+    cameras: list[str] = field(default_factory=lambda: ["corner", "corner3", "topview", "behindGripper"])
+    light_scale: list[float] = field(default_factory=lambda: [0.5, 1.5])  # [low, high] factor on the lights
+    colour_jitter: float = 0.5  # 0: none; 1: brightness +-40 %, white balance +-25 %, hue +-40 degrees
+    max_steps: int = 150
+    steps_after_success: int = 5
+    max_attempts_per_video: int = 2  # failed scripted episodes are dropped and the next scene tried
+
+    def checks(self) -> list[Check]:
+        bad_cams = [c for c in self.cameras if c not in CAMERAS or c == DEMO_CAMERA]
+        return [
+            Check("tasks", not unknown_tasks(self.tasks),
+                  f"Meta-World v3 task names; unknown: {unknown_tasks(self.tasks)}"),
+            Check("tasks", self.videos_per_task == 0 or len(self.tasks) > 0,
+                  "a non-empty list when videos_per_task > 0 (there is nothing to render otherwise)"),
+            distinct(self, "tasks"),
+            Check("videos_per_task", self.videos_per_task >= 0, "a value >= 0"),
+            Check("cameras", not bad_cams and len(self.cameras) > 0,
+                  f"a non-empty list of cameras from {[c for c in CAMERAS if c != DEMO_CAMERA]}: not the "
+                  f"demonstrations' camera {DEMO_CAMERA!r}; refused: {bad_cams}"),
+            distinct(self, "cameras"),
+            one_of(self, "arm_style", STANDIN_ARM_STYLES),
+            Check("render_resolution", self.render_resolution >= 2 and self.render_resolution % 2 == 0,
+                  "an even size >= 2 (yuv420p video)"),
+            Check("crop", 0.0 < self.crop <= 1.0, "a fraction in (0, 1]"),
+            Check("light_scale", len(self.light_scale) == 2 and 0 < self.light_scale[0] <= self.light_scale[1],
+                  "[low, high] with 0 < low <= high"),
+            in_range(self, "colour_jitter", 0.0, 1.0),
+            in_range(self, "captioned_fraction", 0.0, 1.0),
+            *positive(self, "fps", "max_steps", "max_attempts_per_video"),
+            Check("steps_after_success", self.steps_after_success >= -1, "-1 or a value >= 0"),
+        ]
+
+
 @dataclass
 class IngestConfig(Validated):
     clip_length: int = 8  # frames per clip
@@ -138,15 +191,23 @@ class DataConfig(Validated):
     robot: RobotDataConfig = field(default_factory=RobotDataConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     task_video: TaskVideoConfig = field(default_factory=TaskVideoConfig)
+    standin: StandinConfig = field(default_factory=StandinConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     workers: int = 2  # processes for collection
 
     def checks(self) -> list[Check]:
         overlap = sorted(set(self.robot.tasks) & set(self.corpus.tasks))
+        standin_overlap = sorted(set(self.robot.tasks) & set(self.standin.tasks))
         return [
             *positive(self, "workers"),
             Check("corpus.tasks", not overlap, f"tasks outside the fine-tuning set; both lists hold {overlap}"),
             Check("task_video.seed", self.task_video.seed not in (self.robot.seed, self.corpus.seed),
                   f"a base seed other than data.robot.seed ({self.robot.seed}) and data.corpus.seed "
                   f"({self.corpus.seed}), so its scenes are not the demonstrations'"),
+            Check("standin.tasks", not standin_overlap,
+                  f"tasks outside the fine-tuning set data.robot.tasks (the stand-in must not show the "
+                  f"fine-tuning tasks); both lists hold {standin_overlap}"),
+            Check("standin.seed", self.standin.seed not in (self.robot.seed, self.corpus.seed, self.task_video.seed),
+                  f"a base seed other than data.robot.seed ({self.robot.seed}), data.corpus.seed "
+                  f"({self.corpus.seed}) and data.task_video.seed ({self.task_video.seed})"),
         ]
