@@ -17,6 +17,7 @@ from vpdd.config import ConfigError
 
 COMMAND_MODULES = (
     "info", "config", "data", "tokenizer", "bench", "lineage", "serve", "train", "policy", "eval", "rlbench",
+    "study",
 )
 
 
