@@ -60,11 +60,13 @@ def test_an_override_of_a_key_the_params_lack_is_refused(tmp_path, synthetic):
         runner.job(plan(spec)[0])
 
 
-def test_a_tiny_study_runs_resumes_refuses_changed_settings_and_reports(trained, synthetic, tmp_path, tool_env):
+def test_a_tiny_study_runs_resumes_refuses_changed_settings_and_reports(trained, synthetic, tmp_path, tool_env,
+                                                                      capsys):
     params = synthetic.write_params(tmp_path / "params.yaml")
     data = _spec(tmp_path, params=str(params), tokens=str(trained["tokens"]), tokenizer=str(trained["tokenizer"]),
                  robot=str(trained["robot"]), task_video="", jobs=1, bootstrap=200,
-                 video={"episodes_per_task": 1, "windows_per_episode": 1, "keep_failures": True, "examples_per_task": 1},
+                 video={"episodes_per_task": 1, "windows_per_episode": 1, "keep_failures": True,
+                        "examples_per_task": 1},
                  finetune={"finetune.steps": 4, "finetune.checkpoint_every": 2},
                  eval={"eval.episodes_per_task": 2, "eval.seeds": [0], "eval.max_steps": 4, "eval.n_envs": 2,
                        "eval.videos_per_task": 0, "eval.sampling_stride": 5, "eval.execute_steps": 2})
@@ -89,11 +91,15 @@ def test_a_tiny_study_runs_resumes_refuses_changed_settings_and_reports(trained,
         "init_from_pretrained"] is False
     mtime = (out / "cells/none/demos1/seed0/cell.json").stat().st_mtime_ns
 
-    second = vpdd("run")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "2 of 6 cells done; running 4" in second.stdout
+    from vpdd.study.report import write_report
+    from vpdd.study.runner import StudyRunError, StudyRunner
+
+    lines: list[str] = []
+    runner = StudyRunner(load_spec(spec_path), out, results, echo=lines.append)
+    runner.run()
+    assert "2 of 6 cells done; running 4" in lines[0]
     assert (out / "cells/none/demos1/seed0/cell.json").stat().st_mtime_ns == mtime  # done cells are not rerun
-    summary = json.loads((results / "summary.json").read_text())
+    summary = write_report(load_spec(spec_path), results)
     rows = {(r["arm"], r["demos"]): r for r in summary["cells"]}
     assert rows[("none", 1)]["seeds"] == [0, 1] and rows[("video", 2)]["seeds"] == [0]
     diff = rows[("video", 1)]["minus_reference"]
@@ -105,11 +111,12 @@ def test_a_tiny_study_runs_resumes_refuses_changed_settings_and_reports(trained,
     assert (results / "success.png").stat().st_size > 1000
     plot = json.loads((results / "success.json").read_text())
     assert [r["demos"] for r in plot] == [1, 2] and plot[0]["none"] == rows[("none", 1)]["success"]["mean"]
+    from vpdd.cli import main
 
-    status = vpdd("status")
-    assert status.stdout.strip().endswith("6 done")
+    assert main(["study", "status", str(spec_path), "--out", str(out), "--results", str(results)]) == 0
+    assert capsys.readouterr().out.strip().endswith("6 done")
 
     data["finetune"]["finetune.steps"] = 5  # changed settings: the finished cells no longer belong to this study
     _write(tmp_path, data)
-    changed = vpdd("run")
-    assert changed.returncode == 1 and "were run with other settings" in changed.stderr
+    with pytest.raises(StudyRunError, match="were run with other settings"):
+        StudyRunner(load_spec(spec_path), out, results).run()

@@ -188,8 +188,9 @@ class StudyRunner:
 
         cfg = config_from_dict(pretrain_params(self.spec, self.base, arm), source=f"arm {arm}")
         t0 = time.time()
-        metrics = run_video_eval(self.pretrained_dir(arm), cfg, record_path.parent / f"{arm}_video",
-                                 VideoEvalSettings(**{"probe_windows_per_episode": 0, **self.spec.video}), robot=self.spec.robot, device="cpu")
+        settings = VideoEvalSettings(**{"probe_windows_per_episode": 0, **self.spec.video})
+        metrics = run_video_eval(self.pretrained_dir(arm), cfg, record_path.parent / f"{arm}_video", settings,
+                                 robot=self.spec.robot, device="cpu")
         seconds = round(time.time() - t0, 1)
         record["video"] = {**metrics["mean"], "tokens": metrics["tokens"]["mean"], "seconds": seconds}
         atomic_write_json(record_path, record)
