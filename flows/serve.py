@@ -3,7 +3,7 @@
     python flows/serve.py [--name local] [--limit 1]       (or: vpdd serve)
 
 Deployments ``vpdd-data/local``, ``vpdd-tokenize/local``, ``vpdd-pretrain/local``, ``vpdd-finetune/local``,
-``vpdd-evaluate/local``, ``vpdd-bench-kernels/local`` and ``vpdd-pipeline/local`` appear in the Prefect UI;
+``vpdd-evaluate/local``, ``vpdd-bench-kernels/local``, ``vpdd-pipeline/local`` and ``vpdd-study/local`` appear in the Prefect UI;
 its Run button starts them in subprocesses of this process. ``limit=1`` keeps one flow run (one DVC writer)
 at a time; others wait. The server is the one ``PREFECT_API_URL`` names (``vpdd serve --with-server``
 starts a local one).
@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def deployments(name: str) -> list:
     from bench_flow import bench_kernels_flow
     from pipeline_flow import data_flow, evaluate_flow, finetune_flow, pipeline_flow, pretrain_flow, tokenize_flow
+    from study_flow import study_flow
 
     flows = (data_flow, tokenize_flow, pretrain_flow, finetune_flow, evaluate_flow, bench_kernels_flow,
-             pipeline_flow)
+             pipeline_flow, study_flow)
     return [f.to_deployment(name=name, tags=["vpdd", "dvc"], description=f.description) for f in flows]
 
 

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.flows
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RUNS: dict[str, str] = {}  # flow-run ids of this module's runs, for the browser check
 FLOW_NAMES = ["vpdd-data", "vpdd-tokenize", "vpdd-pretrain", "vpdd-finetune", "vpdd-evaluate",
-              "vpdd-bench-kernels", "vpdd-pipeline"]
+              "vpdd-bench-kernels", "vpdd-pipeline", "vpdd-study"]
 # results/eval/metrics.json as `vpdd eval` writes it (written by hand here: evaluation needs a simulator)
 EVAL_METRICS = {
     "mean_success": 0.25, "ci95": [0.09, 0.52], "episodes": 8,

@@ -48,7 +48,7 @@ def test_prefect_yaml_entrypoints_are_the_served_flows():
         path, func = e.split(":")
         names.add(load_flow_from_entrypoint(f"{root / path}:{func}").name)
     assert names == {"vpdd-data", "vpdd-tokenize", "vpdd-pretrain", "vpdd-finetune", "vpdd-evaluate", "vpdd-bc",
-                     "vpdd-bench-kernels", "vpdd-pipeline"}
+                     "vpdd-bench-kernels", "vpdd-pipeline", "vpdd-study"}
     for d in doc["deployments"]:
         assert d["concurrency_limit"] == 1 and "dvc" in d["tags"], d["name"]
     assert "set_working_directory" in str(doc["pull"])
@@ -160,6 +160,32 @@ def test_bench_flow_builds_the_command_and_a_row_per_case(bench_flow, repo_root)
         rows = bench_flow.bench_rows(record)
         assert len(rows) == len(record["results"]) and set(rows[0]) == set(bench_flow.COLUMNS)
         assert "kernels_cpu.json" in bench_flow.bench_description(record, "benchmarks/results/kernels_cpu.json")
+
+
+@pytest.fixture(scope="module")
+def study_flow(dvc_tasks):
+    sys.path.insert(0, str(FLOWS))
+    try:
+        spec = importlib.util.spec_from_file_location("study_flow", FLOWS / "study_flow.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(FLOWS))
+
+
+def test_study_flow_builds_the_command_reads_progress_and_documents_its_parameters(study_flow, repo_root):
+    assert study_flow.study_argv("s.yaml", None, None, None, None) == ["vpdd", "study", "run", "s.yaml"]
+    assert study_flow.study_argv("s.yaml", [1, 3], ["none", "robot"], 4, 2) == [
+        "vpdd", "study", "run", "s.yaml", "--demos", "1", "3", "--arms", "none", "robot", "--max-cells", "4",
+        "--jobs", "2"]
+    assert study_flow.progress_of("[3/12] cells/none/demos1/seed0: success 0.250 (...)") == 25.0
+    assert study_flow.progress_of("arm robot: pre-training 2400 steps") is None
+    assert study_flow.study_name(study_flow.DEFAULT_SPEC, repo_root) == "pretraining"
+    with pytest.raises(study_flow.StageFailed, match="nope.yaml"):
+        study_flow.study_name("nope.yaml", repo_root)
+    for name, prop in study_flow.study_flow.parameters.properties.items():
+        assert prop.get("description"), name
 
 
 def test_vpdd_serve_needs_a_checkout_with_flows(tmp_path, tool_env):
