@@ -3,10 +3,10 @@
     python flows/serve.py [--name local] [--limit 1]       (or: vpdd serve)
 
 Deployments ``vpdd-data/local``, ``vpdd-tokenize/local``, ``vpdd-pretrain/local``, ``vpdd-finetune/local``,
-``vpdd-evaluate/local``, ``vpdd-bench-kernels/local``, ``vpdd-pipeline/local`` and ``vpdd-study/local`` appear in the Prefect UI;
-its Run button starts them in subprocesses of this process. ``limit=1`` keeps one flow run (one DVC writer)
-at a time; others wait. The server is the one ``PREFECT_API_URL`` names (``vpdd serve --with-server``
-starts a local one).
+``vpdd-evaluate/local``, ``vpdd-bench-kernels/local``, ``vpdd-pipeline/local`` and ``vpdd-study/local``
+appear in the Prefect UI; its Run button starts them in subprocesses of this process. ``limit=1`` keeps one
+flow run (one DVC writer) at a time; others wait. The server is the one ``PREFECT_API_URL`` names
+(``vpdd serve --with-server`` starts a local one).
 """
 
 from __future__ import annotations
