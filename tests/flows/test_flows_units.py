@@ -14,16 +14,21 @@ import yaml
 FLOWS = Path(__file__).resolve().parents[2] / "flows"
 
 
-@pytest.fixture(scope="module")
-def dvc_tasks():
+def _flow_module(name: str):
+    """flows/<name>.py loaded as Prefect loads it (flows/ on sys.path, for its sibling imports)."""
     sys.path.insert(0, str(FLOWS))
     try:
-        spec = importlib.util.spec_from_file_location("dvc_tasks", FLOWS / "dvc_tasks.py")
+        spec = importlib.util.spec_from_file_location(name, FLOWS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         yield module
     finally:
         sys.path.remove(str(FLOWS))
+
+
+@pytest.fixture(scope="module")
+def dvc_tasks():
+    yield from _flow_module("dvc_tasks")
 
 
 def test_flow_modules_shadow_no_installed_or_standard_module():
@@ -56,26 +61,12 @@ def test_prefect_yaml_entrypoints_are_the_served_flows():
 
 @pytest.fixture(scope="module")
 def artifacts_tasks(dvc_tasks):
-    sys.path.insert(0, str(FLOWS))
-    try:
-        spec = importlib.util.spec_from_file_location("artifacts_tasks", FLOWS / "artifacts_tasks.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(FLOWS))
+    yield from _flow_module("artifacts_tasks")
 
 
 @pytest.fixture(scope="module")
 def pipeline_flow(dvc_tasks):
-    sys.path.insert(0, str(FLOWS))
-    try:
-        spec = importlib.util.spec_from_file_location("pipeline_flow", FLOWS / "pipeline_flow.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(FLOWS))
+    yield from _flow_module("pipeline_flow")
 
 
 def test_the_flow_factory_keeps_names_entrypoints_and_parameters(pipeline_flow, monkeypatch):
@@ -138,14 +129,7 @@ def test_artifact_keys_are_valid(dvc_tasks):
 
 @pytest.fixture(scope="module")
 def bench_flow(dvc_tasks):
-    sys.path.insert(0, str(FLOWS))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_flow", FLOWS / "bench_flow.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(FLOWS))
+    yield from _flow_module("bench_flow")
 
 
 def test_bench_flow_builds_the_command_and_a_row_per_case(bench_flow, repo_root):
@@ -164,14 +148,7 @@ def test_bench_flow_builds_the_command_and_a_row_per_case(bench_flow, repo_root)
 
 @pytest.fixture(scope="module")
 def study_flow(dvc_tasks):
-    sys.path.insert(0, str(FLOWS))
-    try:
-        spec = importlib.util.spec_from_file_location("study_flow", FLOWS / "study_flow.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(FLOWS))
+    yield from _flow_module("study_flow")
 
 
 def test_study_flow_builds_the_command_reads_progress_and_documents_its_parameters(study_flow, repo_root):
@@ -267,14 +244,7 @@ def test_flow_parameters_have_descriptions_that_name_their_type(pipeline_flow):
 
 @pytest.fixture(scope="module")
 def media_tasks(dvc_tasks):
-    sys.path.insert(0, str(FLOWS))
-    try:
-        spec = importlib.util.spec_from_file_location("media_tasks", FLOWS / "media_tasks.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(FLOWS))
+    yield from _flow_module("media_tasks")
 
 
 def test_media_cards_embed_images_and_browser_playable_video(media_tasks, tmp_path):

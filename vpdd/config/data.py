@@ -31,6 +31,17 @@ class RobotSourceSpec(Validated):
     imports: list[str] = field(default_factory=list)  # import_robot_data stages dvc.yaml runs ([] or [lerobot])
 
 
+def _rendered_task_checks(cfg) -> list[Check]:
+    """The ``tasks`` rules of a rendered video set (``tasks``, ``videos_per_task``): known, distinct, and some
+    when anything is to be rendered."""
+    return [
+        Check("tasks", not unknown_tasks(cfg.tasks), f"Meta-World v3 task names; unknown: {unknown_tasks(cfg.tasks)}"),
+        Check("tasks", cfg.videos_per_task == 0 or len(cfg.tasks) > 0,
+              "a non-empty list when videos_per_task > 0 (there is nothing to render otherwise)"),
+        distinct(cfg, "tasks"),
+    ]
+
+
 def _default_sources() -> dict[str, RobotSourceSpec]:
     return {"metaworld": RobotSourceSpec("data/metaworld", []),
             "lerobot": RobotSourceSpec("build/robot/lerobot", ["lerobot"])}
@@ -91,11 +102,7 @@ class CorpusConfig(Validated):
 
     def checks(self) -> list[Check]:
         return [
-            Check("tasks", not unknown_tasks(self.tasks),
-                  f"Meta-World v3 task names; unknown: {unknown_tasks(self.tasks)}"),
-            Check("tasks", self.videos_per_task == 0 or len(self.tasks) > 0,
-                  "a non-empty list when videos_per_task > 0 (there is nothing to render otherwise)"),
-            distinct(self, "tasks"),
+            *_rendered_task_checks(self),
             Check("camera", self.camera in CAMERAS, f"one of {list(CAMERAS)}"),
             *positive(self, "render_resolution", "fps"),
             Check("videos_per_task", self.videos_per_task >= 0, "a value >= 0"),
@@ -150,11 +157,7 @@ class StandinConfig(Validated):
     def checks(self) -> list[Check]:
         bad_cams = [c for c in self.cameras if c not in CAMERAS or c == DEMO_CAMERA]
         return [
-            Check("tasks", not unknown_tasks(self.tasks),
-                  f"Meta-World v3 task names; unknown: {unknown_tasks(self.tasks)}"),
-            Check("tasks", self.videos_per_task == 0 or len(self.tasks) > 0,
-                  "a non-empty list when videos_per_task > 0 (there is nothing to render otherwise)"),
-            distinct(self, "tasks"),
+            *_rendered_task_checks(self),
             Check("videos_per_task", self.videos_per_task >= 0, "a value >= 0"),
             Check("cameras", not bad_cams and len(self.cameras) > 0,
                   f"a non-empty list of cameras from {[c for c in CAMERAS if c != DEMO_CAMERA]}: not the "
