@@ -42,6 +42,8 @@ def test_plan_is_seed_major_small_demos_first_with_all_arms_together(tmp_path):
     ({"arms": [{"name": "Bad Name", "pretrain": None}, {"name": "b", "pretrain": None}]}, "arms[0].name='Bad Name'"),
     ({"reference": "nope"}, "reference='nope'"),
     ({"colour": 1}, "unknown keys ['colour']"),
+    ({"arms": [{"name": "a", "policy": "bc", "pretrain": {"corpus": "x"}}, {"name": "b"}]}, "null for a bc arm"),
+    ({"arms": [{"name": "a", "policy": "cnn"}, {"name": "b"}]}, "arms[0].policy='cnn': expected vpdd or bc"),
     ({"arms": [{"name": "a", "pretrain": {"steps": 3}}, {"name": "b", "pretrain": None}]}, "arms[0].pretrain"),
 ])
 def test_a_malformed_spec_is_refused_naming_the_key(tmp_path, change, message):
@@ -68,6 +70,7 @@ def test_a_tiny_study_runs_resumes_refuses_changed_settings_and_reports(trained,
                  video={"episodes_per_task": 1, "windows_per_episode": 1, "keep_failures": True,
                         "examples_per_task": 1},
                  finetune={"finetune.steps": 4, "finetune.checkpoint_every": 2},
+                 bc={"bc.steps": 4, "bc.checkpoint_every": 2, "bc.eval_every": 2, "bc.heldout_steps": 4},
                  eval={"eval.episodes_per_task": 2, "eval.seeds": [0], "eval.max_steps": 4, "eval.n_envs": 2,
                        "eval.videos_per_task": 0, "eval.sampling_stride": 5, "eval.execute_steps": 2})
     spec_path = _write(tmp_path, data)
@@ -78,10 +81,15 @@ def test_a_tiny_study_runs_resumes_refuses_changed_settings_and_reports(trained,
         return subprocess.run([*base, *args, str(spec_path), "--out", str(out), "--results", str(results)],
                               capture_output=True, text=True, env=tool_env, timeout=900)
 
-    first = vpdd("run", "--max-cells", "2")
+    data["arms"].append({"name": "bc", "policy": "bc", "pretrain": None})
+    _write(tmp_path, data)
+    first = vpdd("run", "--max-cells", "3")
     assert first.returncode == 0, first.stderr[-3000:]
     state = json.loads((results / "state.json").read_text())
-    assert state["done"] == 2 and state["cells"] == 6 and len(state["pending"]) == 4
+    assert state["done"] == 3 and state["cells"] == 9 and len(state["pending"]) == 6
+    bc = json.loads((results / "cells/bc/demos1/seed0/cell.json").read_text())
+    assert bc["finetune"]["steps"] == 4 and bc["episodes"] == 4
+    assert yaml.safe_load((out / "cells/bc/demos1/seed0/params.yaml").read_text())["finetune"]["demos_per_task"] == 1
     arm = json.loads((results / "pretrain" / "video.json").read_text())
     assert arm["steps"] == 4 and arm["video"]["predicted"]["psnr"] > 0 and "copy_last_acc" in arm["video"]["tokens"]
     cell = json.loads((results / "cells/video/demos1/seed0/cell.json").read_text())
@@ -97,7 +105,7 @@ def test_a_tiny_study_runs_resumes_refuses_changed_settings_and_reports(trained,
     lines: list[str] = []
     runner = StudyRunner(load_spec(spec_path), out, results, echo=lines.append)
     runner.run()
-    assert "2 of 6 cells done; running 4" in lines[0]
+    assert "3 of 9 cells done; running 6" in lines[0]
     assert (out / "cells/none/demos1/seed0/cell.json").stat().st_mtime_ns == mtime  # done cells are not rerun
     summary = write_report(load_spec(spec_path), results)
     rows = {(r["arm"], r["demos"]): r for r in summary["cells"]}
@@ -106,7 +114,7 @@ def test_a_tiny_study_runs_resumes_refuses_changed_settings_and_reports(trained,
     assert diff["unit"] == "seeds" and diff["seeds"] == [0, 1]
     lo, hi = diff["difference"]["ci95"]
     assert lo <= diff["difference"]["mean"] <= hi
-    assert rows[("none", 1)]["minus_reference"] is None
+    assert rows[("none", 1)]["minus_reference"] is None and rows[("bc", 1)]["minus_reference"]["seeds"] == [0, 1]
     assert "| video | 1 | 2 |" in (results / "table.md").read_text()
     assert (results / "success.png").stat().st_size > 1000
     plot = json.loads((results / "success.json").read_text())
@@ -114,7 +122,7 @@ def test_a_tiny_study_runs_resumes_refuses_changed_settings_and_reports(trained,
     from vpdd.cli import main
 
     assert main(["study", "status", str(spec_path), "--out", str(out), "--results", str(results)]) == 0
-    assert capsys.readouterr().out.strip().endswith("6 done")
+    assert capsys.readouterr().out.strip().endswith("9 done")
 
     data["finetune"]["finetune.steps"] = 5  # changed settings: the finished cells no longer belong to this study
     _write(tmp_path, data)

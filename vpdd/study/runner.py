@@ -40,6 +40,7 @@ RESULT_FILES = ("cell.json", "eval/metrics.json", "eval/episodes.json")
 # The params sections a cell's / a pre-training's result depends on: what their fingerprints hash, so that an edit
 # elsewhere in params.yaml (another stage's settings) does not make a study's finished cells stale.
 CELL_SECTIONS = ("env", "tokenizer", "model", "diffusion", "finetune", "eval", "kernel")
+BC_CELL_SECTIONS = ("env", "model", "finetune", "bc", "eval")
 PRETRAIN_SECTIONS = ("env", "tokenizer", "model", "diffusion", "pretrain", "kernel")
 
 
@@ -72,9 +73,12 @@ def pretrain_params(spec: StudySpec, base: dict[str, Any], arm: str) -> dict[str
 def cell_params(spec: StudySpec, base: dict[str, Any], cell: Cell) -> dict[str, Any]:
     """The base params with the study's fine-tuning and evaluation overrides and the cell's own values."""
     where = f"study {spec.name} cell {cell.path}"
-    data = with_overrides(base, {**spec.finetune, **spec.eval}, where)
-    data = with_overrides(data, {"finetune.demos_per_task": cell.demos, "finetune.seed": cell.seed,
-                                 "finetune.init_from_pretrained": spec.arm(cell.arm).pretrain is not None}, where)
+    arm = spec.arm(cell.arm)
+    data = with_overrides(base, {**(spec.finetune if arm.policy == "vpdd" else spec.bc), **spec.eval}, where)
+    own = {"finetune.demos_per_task": cell.demos}
+    own.update({"finetune.seed": cell.seed, "finetune.init_from_pretrained": arm.pretrain is not None}
+               if arm.policy == "vpdd" else {"bc.seed": cell.seed})
+    data = with_overrides(data, own, where)
     config_from_dict(data, source=where)
     return data
 
@@ -102,9 +106,15 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     d = Path(job["dir"])
     cfg = load_config(d / "params.yaml")
     t0 = time.time()
-    result = train_stage("finetune", cfg, tokens=job["tokens"], tokenizer=job["tokenizer"], out=d / "policy",
-                         live_dir=d / "finetune", robot=job["robot"], pretrained=job["pretrained"], resume="auto",
-                         device="cpu", params_file=None, progress=False)
+    if job["policy"] == "bc":
+        from vpdd.bc.train import train_bc
+
+        result = train_bc(cfg, robot=job["robot"], out=d / "policy", live_dir=d / "finetune", resume="auto",
+                          device="cpu", params_file=None, progress=False)
+    else:
+        result = train_stage("finetune", cfg, tokens=job["tokens"], tokenizer=job["tokenizer"], out=d / "policy",
+                             live_dir=d / "finetune", robot=job["robot"], pretrained=job["pretrained"],
+                             resume="auto", device="cpu", params_file=None, progress=False)
     t1 = time.time()
     metrics = evaluate(d / "policy", settings_from_config(cfg, device="cpu"), asdict(cfg.env), d / "eval",
                        progress=False)
@@ -204,8 +214,10 @@ class StudyRunner:
         params = cell_params(self.spec, self.base, cell)
         pre = self.pretrained_dir(cell.arm)
         pre_fp = self.arm_fingerprint(cell.arm)
-        fp = fingerprint({"params": relevant(params, CELL_SECTIONS), "pretrain": pre_fp})
-        return {"cell": asdict(cell), "dir": str(self.out / cell.path), "params": params,
+        policy = self.spec.arm(cell.arm).policy
+        sections = CELL_SECTIONS if policy == "vpdd" else BC_CELL_SECTIONS
+        fp = fingerprint({"params": relevant(params, sections), "pretrain": pre_fp})
+        return {"cell": asdict(cell), "dir": str(self.out / cell.path), "params": params, "policy": policy,
                 "fingerprint": fp, "pretrain_fingerprint": pre_fp,
                 "tokens": self.spec.tokens, "tokenizer": self.spec.tokenizer, "robot": self.spec.robot,
                 "pretrained": None if pre is None else str(pre), "threads": self.spec.threads_per_job}

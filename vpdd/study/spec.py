@@ -7,6 +7,8 @@ A study (``conf/study/pretraining.yaml``, docs/study.md) names
   pre-trains once with the study's params plus ``pretrain.overrides`` on the pipeline's token cache, or, when
   ``pretrain.corpus`` names an ingested video corpus (``vpdd data ingest-videos``), on a cache of its own where
   that corpus is the actionless source;
+* ``policy: bc`` instead makes an arm the behaviour-cloning baseline (``vpdd train bc``) on the same
+  demonstrations, seeds and scenes: what a user compares with first;
 * ``demos``: demonstrations per task for fine-tuning (``finetune.demos_per_task``) and ``seeds``: how many
   fine-tuning seeds (0..n-1) each demonstration count gets;
 * ``finetune`` / ``eval``: dotted overrides of the base params applied to every cell (fewer steps and
@@ -44,10 +46,14 @@ class PretrainArm(Validated):
 class Arm(Validated):
     name: str
     pretrain: PretrainArm | None = None  # None: no pre-training
+    policy: str = "vpdd"  # vpdd | bc (the behaviour-cloning baseline on the same demonstrations and scenes)
 
     def checks(self) -> list[Check]:
         return [Check("name", bool(self.name) and set(self.name) <= ARM_NAME,
-                      "a non-empty name of lower-case letters, digits, '_', '+' or '-' (it names a folder)")]
+                      "a non-empty name of lower-case letters, digits, '_', '+' or '-' (it names a folder)"),
+                Check("policy", self.policy in ("vpdd", "bc"), "vpdd or bc"),
+                Check("pretrain", self.policy == "vpdd" or self.pretrain is None,
+                      "null for a bc arm (behaviour cloning has no video network to pre-train)")]
 
 
 @dataclass
@@ -62,6 +68,7 @@ class StudySpec(Validated):
     robot: str = "data/metaworld"
     task_video: str = "build/task_video"  # joins the robot source of an arm's own token cache
     finetune: dict[str, Any] = field(default_factory=dict)  # dotted overrides for every fine-tuning run
+    bc: dict[str, Any] = field(default_factory=dict)  # dotted overrides for every behaviour-cloning run
     eval: dict[str, Any] = field(default_factory=dict)  # dotted overrides for every evaluation
     video: dict[str, Any] = field(default_factory=dict)  # vpdd eval video settings of each arm's pre-training
     reference: str = ""  # the arm the others are compared with (default: the first arm)
@@ -126,14 +133,15 @@ def load_spec(path: str | Path) -> StudySpec:
         raise ConfigError(f"{path}: missing keys {missing}")
     arms = []
     for i, a in enumerate(raw["arms"] or []):
-        if not isinstance(a, dict) or set(a) - {"name", "pretrain"} or "name" not in a:
-            raise ConfigError(f"{path}: arms[{i}]={a!r}: expected a mapping with name and pretrain (null or a mapping "
-                              "of corpus and overrides)")
+        if not isinstance(a, dict) or set(a) - {"name", "pretrain", "policy"} or "name" not in a:
+            raise ConfigError(f"{path}: arms[{i}]={a!r}: expected a mapping with name, pretrain (null or a mapping "
+                              "of corpus and overrides) and optionally policy (vpdd or bc)")
         pre = a.get("pretrain")
         if pre is not None and (not isinstance(pre, dict) or set(pre) - {"corpus", "overrides"}):
             raise ConfigError(f"{path}: arms[{i}].pretrain={pre!r}: expected null or a mapping of corpus, overrides")
         arms.append(Arm(str(a["name"]), None if pre is None else PretrainArm(str(pre.get("corpus") or ""),
-                                                                            dict(pre.get("overrides") or {}))))
+                                                                            dict(pre.get("overrides") or {})),
+                        str(a.get("policy", "vpdd"))))
     try:
         seeds = {int(k): int(v) for k, v in (raw["seeds"] or {}).items()}
         spec = StudySpec(**{**raw, "arms": arms, "seeds": seeds, "demos": [int(d) for d in raw["demos"]]})
