@@ -17,6 +17,7 @@ def test_wilson_interval_contains_the_rate_and_shrinks_with_more_episodes():
         lo, hi = wilson_interval(wins, n)
         assert 0.0 <= lo <= wins / n <= hi <= 1.0
     assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == pytest.approx(1.0)
+    assert all(wilson_interval(n, n)[1] == 1.0 for n in range(1, 300))  # never a hair below the rate (plots)
     small, large = wilson_interval(10, 20), wilson_interval(100, 200)
     assert large[1] - large[0] < small[1] - small[0]
     # the textbook value: 8/10 -> [0.490, 0.943]

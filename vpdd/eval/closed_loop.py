@@ -78,7 +78,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # the exact bounds are 0 at 0/n and 1 at n/n; rounding can leave them a hair inside the rate itself
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def make_envs(task: str, env_cfg: dict[str, Any], n: int, max_steps: int) -> list[Any]:

@@ -111,7 +111,7 @@ def bar_plot(metrics: dict[str, Any], path: Path, title: str) -> None:
     hi = [metrics["tasks"][t]["ci95"][1] for t in tasks] + [metrics["ci95"][1]]
     labels = [t.removesuffix("-v3") for t in tasks] + ["mean"]
     fig, ax = plt.subplots(figsize=(1.4 * len(labels) + 1.5, 3.6))
-    err = np.array([np.subtract(rates, lo), np.subtract(hi, rates)])
+    err = np.clip(np.array([np.subtract(rates, lo), np.subtract(hi, rates)]), 0.0, None)
     ax.bar(labels, rates, yerr=err, capsize=4, color=["#4c72b0"] * len(tasks) + ["#dd8452"])
     ax.set_ylim(0, 1)
     ax.set_ylabel("success rate (95% CI)")

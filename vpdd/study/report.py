@@ -166,7 +166,8 @@ def plot_png(summary: dict[str, Any], path: Path) -> None:
         mine = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["demos"])
         x = np.array([r["demos"] for r in mine], dtype=float) * (1 + 0.04 * (i - (len(arms) - 1) / 2))
         y = np.array([r["success"]["mean"] for r in mine])
-        err = np.array([y - [r["success"]["ci95"][0] for r in mine], [r["success"]["ci95"][1] for r in mine] - y])
+        lo, hi = ([r["success"]["ci95"][k] for r in mine] for k in (0, 1))
+        err = np.clip(np.array([y - lo, hi - y]), 0.0, None)  # a percentile bound can round past the mean
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
     ax.set_xscale("log")
     ax.set_xticks(sorted({r["demos"] for r in rows}), [str(d) for d in sorted({r["demos"] for r in rows})])
