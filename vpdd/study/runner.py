@@ -121,7 +121,8 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     t2 = time.time()
     record = {**job["cell"], "fingerprint": job["fingerprint"], "pretrain_fingerprint": job["pretrain_fingerprint"],
               "mean_success": metrics["mean_success"], "episodes": metrics["episodes"],
-              "finetune": {"steps": result.step, "seconds": round(t1 - t0, 1),
+              # result.seconds counts the training time before a resume too: a cell's cost, not this call's
+              "finetune": {"steps": result.step, "seconds": round(result.seconds, 1), "call_seconds": round(t1 - t0, 1),
                            "action_l1": result.metrics.get("eval/action_l1"),
                            "action_bin_acc": result.metrics.get("eval/action_bin_acc")},
               "eval_seconds": round(t2 - t1, 1), "threads": job["threads"]}
