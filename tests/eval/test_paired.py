@@ -108,7 +108,7 @@ def test_a_gain_in_every_seed_reaches_the_smallest_sign_flip_p(n):
     lo, hi = same["difference"]["ci95"]  # scenes are still resampled: 4 of 20 gained is not always 4 of 20 drawn
     assert same["difference"]["mean"] == pytest.approx(0.2) and 0.0 < lo < 0.2 < hi
     assert same["sign_flip"]["p"] == 2 / 2 ** n and same["sign_flip"]["exact"]
-    assert same["t_test"]["p"] == 0.0 and same["t_test"]["t"] is None
+    assert same["t_test"]["p"] is None and same["t_test"]["t"] is None  # no spread: undefined, not p = 0
     # 0.15 / 0.20 / 0.25 in turn: still positive in every seed, now with a seed-to-seed spread
     varied = paired.paired_comparison(runs_a, [_plus(r, 3 + k % 3) for k, r in enumerate(runs_a)])
     assert varied["sign_flip"]["p"] == 2 / 2 ** n
@@ -147,6 +147,8 @@ def test_t_test_matches_scipy():
         ci = ref.confidence_interval(0.95)
         assert ours["ci95"] == pytest.approx([ci.low, ci.high], rel=1e-9)
     assert paired.paired_t_test([0.3]) == {"mean": 0.3, "t": None, "df": None, "p": None, "ci95": None, "n": 1}
+    # two seeds that moved by the same amount, up to float rounding of their means: no spread, no p
+    assert paired.paired_t_test([0.3 - 0.375, -0.075])["p"] is None
 
 
 def test_runs_that_do_not_pair_up_are_refused_naming_the_seed():
@@ -194,7 +196,7 @@ def test_vpdd_eval_compare_paired_end_to_end(tmp_path, capsys):
     assert "| arm | seeds | mean success (95% bootstrap CI) | minus base (95% bootstrap CI) |" in printed
     assert "| base | 3 | 0.300 [" in printed and "| - | - | - | - |" in printed
     assert re.search(r"\| new \| 3 \| 0\.500 \[0\.\d{3}, 0\.\d{3}\] \| \+0\.200 \[\+0\.\d{3}, \+0\.\d{3}\] \| "
-                     r"0 \(no spread\) \| 0\.250 \(exact\) \| 3 seeds \|", printed)
+                     r"- \(no spread\) \| 0\.250 \(exact\) \| 3 seeds \|", printed)
     assert "10 episodes per seed" in printed and "0.250 for 3 seeds" in printed
     study = json.loads(raw.read_text())
     assert study["reference"] == "base" and study["arms"]["new"]["runs"] == paths[3:]

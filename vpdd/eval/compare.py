@@ -140,7 +140,7 @@ def paired_table(study: dict[str, Any]) -> str:
             cells += ["-", "-", "-", "-"]
         else:
             d, flip, t = cmp["difference"], cmp["sign_flip"], cmp["t_test"]
-            spread = " (no spread)" if t["t"] is None and t["p"] is not None else ""
+            spread = " (no spread)" if t["t"] is None and t["df"] is not None else ""
             cells += [f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]", _p(t["p"]) + spread,
                       f"{_p(flip['p'])} ({'exact' if flip['exact'] else 'Monte Carlo'})",
                       f"{t['n']} {cmp['unit']}"]
@@ -153,7 +153,8 @@ def paired_table(study: dict[str, Any]) -> str:
                  f"bootstrap ({study['n_boot']} replicates, seed {study['seed']}) over training seeds and, within "
                  "each, scenes per task, tasks weighted equally. The tests of no difference use the per-seed "
                  "differences (with one seed, the per-scene differences, which leave the training-seed variance "
-                 "out); a t test p of 0 (no spread) means every unit differs by the same amount; with n units "
+                 "out); a t test p of - (no spread) means every unit differs by the same amount (t is undefined); "
+                 "with n units "
                  "the smallest sign-flip p is 2/2^n"
                  + (f" ({2 / 2 ** n:.3f} for {n} seeds)." if n >= 2 else "."))
     return "\n".join(lines)

@@ -233,15 +233,15 @@ def paired_t_test(diffs: Sequence[float]) -> dict[str, Any]:
     """Two-sided one-sample t test of mean(diffs) == 0, with the mean's 95% t interval.
 
     Fewer than two values: ``t``, ``df``, ``p`` and ``ci95`` are None. All values equal (zero variance): the
-    t statistic is undefined (``t`` None) and the limit is taken: ``p`` = 1.0 if the mean is 0, else 0.0,
-    and ``ci95`` = [mean, mean]."""
+    t statistic is undefined (``t`` None); ``p`` = 1.0 if they are all 0, else None (the limit, 0, would
+    claim certainty from, say, two seeds that happened to move by the same amount), ``ci95`` = [mean, mean]."""
     d = np.asarray(diffs, dtype=float)
     n = len(d)
     mean = float(d.mean()) if n else float("nan")
     if n < 2:
         return {"mean": mean, "t": None, "df": None, "p": None, "ci95": None, "n": n}
-    if np.all(d == d[0]):
-        return {"mean": mean, "t": None, "df": n - 1, "p": 1.0 if mean == 0.0 else 0.0, "ci95": [mean, mean],
+    if np.ptp(d) <= 1e-12:  # equal up to float rounding (-0.075 from two seeds' means need not match bitwise)
+        return {"mean": mean, "t": None, "df": n - 1, "p": 1.0 if mean == 0.0 else None, "ci95": [mean, mean],
                 "n": n}
     se = float(d.std(ddof=1)) / math.sqrt(n)
     t = mean / se

@@ -65,10 +65,13 @@ def study_summary(spec: StudySpec, results: str | Path) -> dict[str, Any]:
             if not by_seed:
                 continue
             seeds = sorted(by_seed)
+            vpdd = spec.arm(arm).policy == "vpdd"
             row: dict[str, Any] = {
                 "arm": arm, "demos": demos, "seeds": seeds,
                 "success": bootstrap_success([by_seed[s]["outcomes"] for s in seeds], spec.bootstrap),
-                "action_l1": _mean([by_seed[s]["record"]["finetune"].get("action_l1") for s in seeds]),
+                # BC scores held-out steps of its own training demonstrations (fit), not comparable: left out
+                "action_l1": _mean([by_seed[s]["record"]["finetune"].get("action_l1") for s in seeds]
+                                   if vpdd else []),
                 "seconds_per_cell": _mean([by_seed[s]["record"]["finetune"]["seconds"]
                                            + by_seed[s]["record"]["eval_seconds"] for s in seeds]),
                 "minus_reference": None,
@@ -128,8 +131,9 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Success: mean over fine-tuning seeds of the per-seed success, 95% interval from a hierarchical "
               "bootstrap (seeds, then scenes within task). Differences are paired (same seed, same scenes) over the "
-              "seeds both arms have; p-values test a zero mean difference over seeds (two-sided). Held-out action L1: "
-              "the fine-tuning run's action-chunk error against the expert on held-out states, as deployed. "
+              "seeds both arms have; p-values test a zero mean difference over seeds (two-sided; '-': undefined, with "
+              "one seed or the same difference in every seed). Held-out action L1 (VPDD arms): the fine-tuning run's "
+              "action-chunk error against the expert on held-out states, as deployed. "
               "Predicted future / copy-last: `vpdd eval video` of the arm's pre-trained network on held-out scenes, "
               "PSNR of the decoded prediction and token accuracy, each against copying the present."]
     return "\n".join(lines)
