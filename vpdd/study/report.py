@@ -174,6 +174,7 @@ def plot_png(summary: dict[str, Any], path: Path) -> None:
         err = np.clip(np.array([y - lo, hi - y]), 0.0, None)  # a percentile bound can round past the mean
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(sorted({r["demos"] for r in rows}), [str(d) for d in sorted({r["demos"] for r in rows})])
     ax.set_xlabel("demonstrations per task")
     ax.set_ylabel("mean success (95% CI over seeds, scenes)")
