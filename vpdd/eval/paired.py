@@ -31,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from vpdd.eval.seeds import StudyError
+
+class StudyError(ValueError):
+    """Runs that cannot be compared (names the arm, seed or file and the problem)."""
 
 Outcomes = dict[tuple[str, int, int], bool]  # (task, eval_seed, scene_seed) -> success
 

@@ -20,12 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from vpdd.eval.paired import StudyError, outcomes
+
 # 97.5% quantiles of Student's t for 1..10 degrees of freedom (two-sided 95% intervals); more: 1.96 + 2.4/df
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
-class StudyError(ValueError):
-    """Runs that cannot be compared (names the arm, seed or file and the problem)."""
 
 
 def t975(df: int) -> float:
@@ -62,13 +60,6 @@ def read_study(root: str | Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
     return runs
 
 
-def _outcomes(episodes: list[dict[str, Any]], where: str) -> dict[tuple, bool]:
-    try:
-        return {(e["task"], int(e["eval_seed"]), int(e["scene_seed"])): bool(e["success"]) for e in episodes}
-    except (KeyError, TypeError) as err:
-        raise StudyError(f"{where}: not a `vpdd eval run` episodes.json (episode without {err})") from None
-
-
 def seed_study(runs: dict[str, dict[int, list[dict[str, Any]]]], baseline: str) -> dict[str, Any]:
     """The study's numbers (see the module docstring). Every arm must have the baseline's seeds (only the
     seeds all arms share are compared) and, per seed, exactly the baseline's scenes."""
@@ -77,13 +68,13 @@ def seed_study(runs: dict[str, dict[int, list[dict[str, Any]]]], baseline: str) 
     seeds = sorted(set.intersection(*(set(r) for r in runs.values())))
     if not seeds:
         raise StudyError(f"no seed is shared by all arms: {({a: sorted(r) for a, r in runs.items()})}")
-    scenes = {s: _outcomes(runs[baseline][s], f"{baseline} seed {s}") for s in seeds}
+    scenes = {s: outcomes(runs[baseline][s], f"{baseline} seed {s}") for s in seeds}
     tasks = sorted({k[0] for k in scenes[seeds[0]]})
     arms: dict[str, Any] = {}
     for arm, by_seed in runs.items():
         per_seed, per_task, diffs, pooled = {}, {t: [] for t in tasks}, [], []
         for s in seeds:
-            out = _outcomes(by_seed[s], f"{arm} seed {s}")
+            out = outcomes(by_seed[s], f"{arm} seed {s}")
             if set(out) != set(scenes[s]):
                 raise StudyError(f"{arm} seed {s}: evaluated on other scenes than {baseline} seed {s} "
                                  f"({len(set(out) ^ set(scenes[s]))} differ); the arms must share the protocol")

@@ -165,11 +165,10 @@ class StudyRunner:
             if "video" not in record:  # a record from before the study measured video quality
                 self._video_quality(arm, record, record_path)
             return
-        from vpdd.config import config_from_dict as typed
         from vpdd.train.loop import train_stage
 
         params = pretrain_params(self.spec, self.base, arm)
-        cfg = typed(params, source=f"arm {arm}")
+        cfg = config_from_dict(params, source=f"arm {arm}")
         _set_threads(self.spec.jobs * self.spec.threads_per_job)
         t0 = time.time()
         tokens = self.arm_tokens(arm)
