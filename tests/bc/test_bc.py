@@ -62,6 +62,19 @@ def test_training_lowers_the_loss_and_writes_a_bc_checkpoint(artefacts, syntheti
     assert ckpt.config["env"]["resolution"] == synthetic.RES and ckpt.config["net"]["window"] == 4
     assert ckpt.config["data"]["demonstrations"]["heldout_steps"] == 8
 
+    from vpdd.bc import BCPolicy
+    from vpdd.policy.episode import PolicyError
+
+    policy = BCPolicy.from_pretrained(tmp_path / "bc")
+    ep = EpisodeStore(artefacts["robot"]).load(EpisodeStore(artefacts["robot"]).select(synthetic.TASKS, 1)[0])
+    for frame in ep.frames[:3]:
+        policy.observe(frame)
+    window = ep.frames[None, :4]  # the window the policy sees with the next frame
+    chunk = policy.predict_windows(window, ep.instruction)  # the probe's entry: the same chunk, history untouched
+    np.testing.assert_array_equal(chunk[0], policy.predict_action_chunk(ep.frames[3], ep.instruction))
+    with pytest.raises(PolicyError, match=r"windows: expected uint8 \(B, 4, H, W, 3\)"):
+        policy.predict_windows(ep.frames[:4], ep.instruction)
+
 
 def test_a_resumed_run_ends_bit_identical_and_another_run_is_refused(artefacts, synthetic, tmp_path):
     full = tmp_path / "full"

@@ -45,6 +45,8 @@ def test_plan_is_seed_major_small_demos_first_with_all_arms_together(tmp_path):
     ({"arms": [{"name": "a", "policy": "bc", "pretrain": {"corpus": "x"}}, {"name": "b"}]}, "null for a bc arm"),
     ({"arms": [{"name": "a", "policy": "cnn"}, {"name": "b"}]}, "arms[0].policy='cnn': expected vpdd or bc"),
     ({"arms": [{"name": "a", "pretrain": {"steps": 3}}, {"name": "b", "pretrain": None}]}, "arms[0].pretrain"),
+    ({"probe": {"states_per_episode": 0}}, "probe.states_per_episode=0: expected an integer > 0"),
+    ({"probe": {"windows": 2}}, "probe={'windows': 2}"),
 ])
 def test_a_malformed_spec_is_refused_naming_the_key(tmp_path, change, message):
     with pytest.raises(ConfigError) as err:
@@ -69,6 +71,7 @@ def test_a_tiny_study_runs_resumes_refuses_changed_settings_and_reports(trained,
                  robot=str(trained["robot"]), task_video="", jobs=1, bootstrap=200,
                  video={"episodes_per_task": 1, "windows_per_episode": 1, "keep_failures": True,
                         "examples_per_task": 1},
+                 probe={"episodes_per_task": 1, "states_per_episode": 3, "keep_failures": True},
                  finetune={"finetune.steps": 4, "finetune.checkpoint_every": 2},
                  bc={"bc.steps": 4, "bc.checkpoint_every": 2, "bc.eval_every": 2, "bc.heldout_steps": 4},
                  eval={"eval.episodes_per_task": 2, "eval.seeds": [0], "eval.max_steps": 4, "eval.n_envs": 2,
@@ -107,6 +110,14 @@ def test_a_tiny_study_runs_resumes_refuses_changed_settings_and_reports(trained,
     runner.run()
     assert "3 of 9 cells done; running 6" in lines[0]
     assert (out / "cells/none/demos1/seed0/cell.json").stat().st_mtime_ns == mtime  # done cells are not rerun
+    # the held-out action probe: every cell (BC too) on the same states; the first run's 3 are not scored again
+    assert "probe: scoring 6 cells on the same held-out states" in lines
+    probes = [json.loads(p.read_text()) for p in sorted(results.glob("cells/*/demos*/seed*/probe.json"))]
+    assert len(probes) == 9 and {p["action_l1"]["states"] for p in probes} == {6}  # 2 tasks x 1 episode x 3
+    assert all(0 < p["action_l1"]["mean"] < 2 and p["action_l1"]["discretization"] < p["action_l1"]["mean"]
+               for p in probes)
+    by_cell = {(p["arm"], p["demos"], p["seed"]): p["action_l1"] for p in probes}
+    assert by_cell[("none", 1, 0)]["discretization"] == by_cell[("video", 1, 0)]["discretization"]  # same states
     summary = write_report(load_spec(spec_path), results)
     rows = {(r["arm"], r["demos"]): r for r in summary["cells"]}
     assert rows[("none", 1)]["seeds"] == [0, 1] and rows[("video", 2)]["seeds"] == [0]
@@ -116,6 +127,9 @@ def test_a_tiny_study_runs_resumes_refuses_changed_settings_and_reports(trained,
     assert lo <= diff["difference"]["mean"] <= hi
     assert rows[("none", 1)]["minus_reference"] is None and rows[("bc", 1)]["minus_reference"]["seeds"] == [0, 1]
     assert "| video | 1 | 2 |" in (results / "table.md").read_text()
+    assert rows[("bc", 1)]["action_l1"] == pytest.approx(sum(
+        json.loads((results / f"cells/bc/demos1/seed{k}/probe.json").read_text())["action_l1"]["mean"]
+        for k in (0, 1)) / 2)
     assert (results / "success.png").stat().st_size > 1000
     plot = json.loads((results / "success.json").read_text())
     assert [r["demos"] for r in plot] == [1, 2] and plot[0]["none"] == rows[("none", 1)]["success"]["mean"]

@@ -135,6 +135,16 @@ class BCPolicy(EpisodePolicy):
         out = self._predict(self._window(frame, record=False), ids).actions
         return out if batched else out[0]
 
+    def predict_windows(self, windows: np.ndarray, instruction: str | Sequence[str]) -> np.ndarray:
+        """Chunks (B, chunk, D) float32 for frame windows (B, window, H, W, 3) uint8 (the held-out action
+        probe's input; the frame history is not touched)."""
+        windows = np.asarray(windows)
+        if windows.ndim != 5 or windows.shape[1] != self.window:
+            raise PolicyError(f"windows: expected uint8 (B, {self.window}, H, W, 3), got {windows.dtype} "
+                              f"{windows.shape}")
+        self._check_frames(windows.reshape(-1, *windows.shape[2:]), "windows")
+        return self._predict(windows, self.task_ids(instruction, len(windows))).actions
+
     def select_action(self, observation: Any, instruction: str | Sequence[str]) -> np.ndarray:
         """The next action, (D,) or (B, D) float32: from the queue, or a new chunk when it is empty."""
         frame, batched = self._as_frames(observation)

@@ -16,6 +16,10 @@ Two questions the pixel scores of :mod:`vpdd.eval.video_quality` leave open:
 
 Lower deployed than masked L1 means the policy's own foresight helps; the gap to true-future L1 is what a
 perfect video model would add.
+
+:func:`heldout_action_error` is the same action-chunk L1 for any policy with ``predict_windows`` (VPDD as
+deployed, or the behaviour-cloning baseline), on states spread over whole held-out episodes: the pre-training
+study scores every cell with it on one shared set of held-out states.
 """
 
 from __future__ import annotations
@@ -66,6 +70,36 @@ def probe_episode(policy: Any, episode: Any, steps: np.ndarray, history: np.ndar
             chunks.append(policy.predict({"history": history[sl]}, texts[sl], foresight=foresight).actions)
         out[mode] = np.abs(np.concatenate(chunks) - target).mean(axis=(1, 2))
     return out
+
+
+def heldout_action_error(policy: Any, episodes: Sequence[Any], states_per_episode: int, seed: int,
+                         batch_size: int) -> dict[str, Any]:
+    """Action-chunk L1 against the scripted expert on ``states_per_episode`` states spread evenly over each
+    held-out episode (the frame window ending at the state, training's convention), with the policy as
+    deployed (``policy.predict_windows``): per task, the mean over tasks, the bins floor (``discretization``)
+    and the number of states. The policy's generator is reseeded per episode, so the result is deterministic."""
+    from vpdd.eval.scenes import hash31
+    from vpdd.eval.video_quality import window_steps
+    from vpdd.tokenizer.data import window_indices
+
+    disc = policy.discretizer
+    errors: dict[str, list[np.ndarray]] = {}
+    floors: dict[str, list[np.ndarray]] = {}
+    for k, ep in enumerate(episodes):
+        steps = window_steps(len(ep), 0, states_per_episode)
+        history = ep.frames[window_indices(steps, policy.window)]
+        target = expert_chunks(ep.actions, steps, policy.chunk, disc.hold_action(ep.actions[-1]))
+        through_bins = disc.decode_chunk(disc.episode_chunks(ep.actions)[steps])
+        policy.reset(seed=hash31(f"heldout-action:{int(seed)}:{ep.task}:{k}"))
+        pred = np.concatenate([policy.predict_windows(history[i:i + batch_size],
+                                                      [ep.instruction] * len(history[i:i + batch_size]))
+                               for i in range(0, len(steps), batch_size)])
+        errors.setdefault(ep.task, []).append(np.abs(pred - target).mean(axis=(1, 2)))
+        floors.setdefault(ep.task, []).append(np.abs(through_bins - target).mean(axis=(1, 2)))
+    per_task = {t: float(np.concatenate(v).mean()) for t, v in errors.items()}
+    return {"mean": float(np.mean(list(per_task.values()))) if per_task else None, "per_task": per_task,
+            "discretization": float(np.mean([np.concatenate(v).mean() for v in floors.values()])) if floors else None,
+            "states": int(sum(len(e) for v in errors.values() for e in v))}
 
 
 def summarise_tokens(per_task: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:

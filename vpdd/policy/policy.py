@@ -172,6 +172,12 @@ class VPDDPolicy(CheckpointPolicy):
         out = self.predict(observation, instruction).actions
         return out if batched else out[0]
 
+    def predict_windows(self, windows: np.ndarray, instruction: str | Sequence[str]) -> np.ndarray:
+        """Chunks (B, chunk, D) float32 for frame windows (B, window, H, W, 3) uint8, as deployed (the held-out
+        action probe's input; the frame history is not touched)."""
+        self._require_actions()
+        return self.predict({"history": np.asarray(windows)}, instruction).actions
+
     def predict_video(self, observation: Any, instruction: str | Sequence[str]) -> np.ndarray:
         """The predicted future clip decoded by the VQ-VAE: (W, H, W, 3) or (B, W, H, W, 3) uint8."""
         from vpdd.tokenizer.model import to_uint8

@@ -1,13 +1,13 @@
 """The study's result from its committed records: a table, a DVC metrics file and a plot (docs/study.md).
 
-Reads ``results/cells/<arm>/demos<N>/seed<k>/{cell.json, episodes.json}`` (written by
+Reads ``results/cells/<arm>/demos<N>/seed<k>/{cell.json, episodes.json, probe.json}`` (written by
 :class:`vpdd.study.runner.StudyRunner`), so the report can be rebuilt from git alone. Per cell (arm, demos):
 mean success over its seeds with a hierarchical-bootstrap 95% interval (seeds, then scenes within task). Per
 arm against the reference arm and demonstration count: the paired difference over the seeds both have, its
 bootstrap interval, a paired t-test and an exact sign-flip test over seeds (:mod:`vpdd.eval.paired`).
-Also reported: the fine-tuning run's held-out action-chunk L1 against the expert (the offline probe of the
-policy as deployed), the arm's pre-training video-token accuracy against copying the present, and the
-seconds a cell cost.
+Also reported: the held-out action-chunk L1 against the scripted expert (:mod:`vpdd.study.probe`: the same
+held-out states for every cell, BC included), the arm's predicted-future PSNR and video-token accuracy against
+copying the present, and the seconds a cell cost.
 """
 
 from __future__ import annotations
@@ -30,17 +30,19 @@ class StudyReportError(ValueError):
 
 
 def read_cells(results: str | Path) -> dict[tuple[str, int], dict[int, dict[str, Any]]]:
-    """{(arm, demos): {seed: {"record": cell.json, "outcomes": Outcomes}}} of the finished cells."""
+    """{(arm, demos): {seed: {"record": cell.json, "outcomes": Outcomes, "probe": probe.json or None}}} of the
+    finished cells."""
     found: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
     for path in sorted(Path(results).glob("cells/*/demos*/seed*/cell.json")):
-        ep = path.with_name("episodes.json")
+        ep, probe = path.with_name("episodes.json"), path.with_name("probe.json")
         try:
             record = json.loads(path.read_text())
             episodes = json.loads(ep.read_text())
+            probed = json.loads(probe.read_text()) if probe.is_file() else None
         except (OSError, json.JSONDecodeError) as err:
             raise StudyReportError(f"{path.parent}: unreadable cell records ({err})") from None
         found.setdefault((record["arm"], int(record["demos"])), {})[int(record["seed"])] = {
-            "record": record, "outcomes": outcomes(episodes, str(ep))}
+            "record": record, "outcomes": outcomes(episodes, str(ep)), "probe": probed}
     return found
 
 
@@ -65,13 +67,11 @@ def study_summary(spec: StudySpec, results: str | Path) -> dict[str, Any]:
             if not by_seed:
                 continue
             seeds = sorted(by_seed)
-            vpdd = spec.arm(arm).policy == "vpdd"
             row: dict[str, Any] = {
                 "arm": arm, "demos": demos, "seeds": seeds,
                 "success": bootstrap_success([by_seed[s]["outcomes"] for s in seeds], spec.bootstrap),
-                # BC scores held-out steps of its own training demonstrations (fit), not comparable: left out
-                "action_l1": _mean([by_seed[s]["record"]["finetune"].get("action_l1") for s in seeds]
-                                   if vpdd else []),
+                "action_l1": _mean([by_seed[s]["probe"]["action_l1"]["mean"] for s in seeds if by_seed[s]["probe"]]),
+                "action_l1_seeds": sum(1 for s in seeds if by_seed[s]["probe"]),
                 "seconds_per_cell": _mean([by_seed[s]["record"]["finetune"]["seconds"]
                                            + by_seed[s]["record"]["eval_seconds"] for s in seeds]),
                 "minus_reference": None,
@@ -108,6 +108,13 @@ def _p(test: dict[str, Any]) -> str:
     return "-" if p is None else f"{p:.3f}"
 
 
+def _l1(row: dict[str, Any]) -> str:
+    if row["action_l1"] is None:
+        return "-"
+    missing = len(row["seeds"]) - row["action_l1_seeds"]
+    return f"{row['action_l1']:.3f}" + (f" ({row['action_l1_seeds']} seeds)" if missing else "")
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     ref = summary["reference"]
     head = ["arm", "demos/task", "seeds", "success (95% CI)", f"minus {ref} (95% CI)", "p (paired t)",
@@ -126,14 +133,15 @@ def summary_table(summary: dict[str, Any]) -> str:
                                                                            " (1 seed: over scenes)"),
                  "-" if diff is None else _p(diff["t_test"]),
                  "-" if diff is None else _p(diff["sign_flip"]) + ("" if diff["sign_flip"].get("exact") else " (MC)"),
-                 "-" if row["action_l1"] is None else f"{row['action_l1']:.3f}", video,
+                 _l1(row), video,
                  "-" if row["seconds_per_cell"] is None else f"{row['seconds_per_cell']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Success: mean over fine-tuning seeds of the per-seed success, 95% interval from a hierarchical "
               "bootstrap (seeds, then scenes within task). Differences are paired (same seed, same scenes) over the "
               "seeds both arms have; p-values test a zero mean difference over seeds (two-sided; '-': undefined, with "
-              "one seed or the same difference in every seed). Held-out action L1 (VPDD arms): the fine-tuning run's "
-              "action-chunk error against the expert on held-out states, as deployed. "
+              "one seed or the same difference in every seed). Held-out action L1: mean over seeds of the action-chunk "
+              "error against the scripted expert on the same held-out states for every cell (`vpdd.study.probe`; the "
+              "seeds probed so far in brackets when not all). "
               "Predicted future / copy-last: `vpdd eval video` of the arm's pre-trained network on held-out scenes, "
               "PSNR of the decoded prediction and token accuracy, each against copying the present."]
     return "\n".join(lines)

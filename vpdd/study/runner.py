@@ -6,13 +6,15 @@ Layout of the output folder ``out`` (scratch, large) and the results folder (sma
 ``out/pretrain/<arm>/``                          the arm's pre-trained model (``arm.json``: params hash, time)
 ``out/tokens/<arm>/``                            an arm's own token cache (arms with ``pretrain.corpus``)
 ``out/cells/<arm>/demos<N>/seed<k>/``            ``params.yaml``, ``policy/``, ``finetune/``, ``eval/``, ``cell.json``
-``results/cells/<arm>/demos<N>/seed<k>/``        ``cell.json``, ``metrics.json``, ``episodes.json`` of done cells
+``out/probe_episodes/``                          the held-out episodes of every cell's action probe (:mod:`.probe`)
+``results/cells/<arm>/demos<N>/seed<k>/``        ``cell.json``, ``metrics.json``, ``episodes.json``, ``probe.json``
 ``results/state.json``                           done / pending cells, seconds per cell, the machine
 ==============================================  =============================================================
 
 A cell is done when its ``cell.json`` records the fingerprint of the settings it was run with (its params and
 its arm's pre-training); a study run again skips done cells, resumes a fine-tuning stopped mid-way from its
-checkpoint, and refuses to mix cells of changed settings into one study (start a new ``out``). Cells run in
+checkpoint, and refuses to mix cells of changed settings into one study (start a new ``out``). After the cells,
+every done cell whose held-out action probe is missing or stale is scored (:mod:`vpdd.study.probe`). Cells run in
 ``jobs`` worker processes of ``threads_per_job`` threads each (docs/study.md has the measurement that chose two
 one-thread processes on the 2-core machine).
 """
@@ -288,22 +290,68 @@ class StudyRunner:
                       f"{record['finetune']['seconds']:.0f} s, eval {record['eval_seconds']:.0f} s; "
                       f"about {eta / 60:.0f} min left)")
 
+        self._run_jobs(run_cell, pending, done)
+        self.run_probes([j for j in jobs if Cell(**j["cell"]) in wanted])
+        return self.write_state(jobs)
+
+    # -- the held-out action probe ------------------------------------------------------------------------
+    def run_probes(self, jobs: list[dict[str, Any]]) -> None:
+        """Score every done cell of ``jobs`` whose ``probe.json`` is missing or was made with other settings."""
+        from vpdd.study.probe import EPISODES_DIR, PROBE_FILE, prepare_episodes, probe_cell, probe_fingerprint
+
+        cfg = config_from_dict(self.base, source=f"study {self.spec.name}")
+        fp = probe_fingerprint(self.spec, cfg)
+
+        def current(j: dict[str, Any]) -> bool:
+            path = Path(j["dir"]) / PROBE_FILE
+            if not path.is_file():
+                return False
+            rec = json.loads(path.read_text())
+            return rec.get("fingerprint") == fp and rec.get("cell_fingerprint") == j["fingerprint"]
+
+        done_jobs = [j for j in jobs if self.status(j) == "done"]
+        for j in done_jobs:  # a probe scored before its copy reached the results (a run stopped in between)
+            cell = Cell(**j["cell"])
+            if current(j) and not (self.results / cell.path / PROBE_FILE).is_file():
+                shutil.copy2(self.out / cell.path / PROBE_FILE, self.results / cell.path / PROBE_FILE)
+        todo = [j for j in done_jobs if not current(j)]
+        if not todo:
+            return
+        self.echo(f"probe: collecting held-out episodes into {self.out / EPISODES_DIR}")
+        episodes = prepare_episodes(self.spec, cfg, self.out / EPISODES_DIR)
+        todo = [{**j, "probe_fingerprint": fp, "episodes": str(episodes), "probe": asdict(self.spec.probe)}
+                for j in todo]
+        self.echo(f"probe: scoring {len(todo)} cells on the same held-out states")
+        finished = 0
+
+        def done(record: dict[str, Any]) -> None:
+            nonlocal finished
+            finished += 1
+            cell = Cell(record["arm"], record["demos"], record["seed"])
+            shutil.copy2(self.out / cell.path / PROBE_FILE, self.results / cell.path / PROBE_FILE)
+            self.echo(f"[probe {finished}/{len(todo)}] {cell.path}: held-out action L1 "
+                      f"{record['action_l1']['mean']:.4f} ({record['seconds']:.0f} s)")
+
+        self._run_jobs(probe_cell, todo, done)
+
+    def _run_jobs(self, fn: Callable[[dict[str, Any]], dict[str, Any]], pending: list[dict[str, Any]],
+                  done: Callable[[dict[str, Any]], None]) -> None:
         if self.spec.jobs == 1 or len(pending) <= 1:
             for j in pending:
                 _set_threads(self.spec.threads_per_job)
-                done(run_cell(j))
+                done(fn(j))
         else:
-            self._run_pool(pending, done)
-        return self.write_state(jobs)
+            self._run_pool(fn, pending, done)
 
-    def _run_pool(self, pending: list[dict[str, Any]], done: Callable[[dict[str, Any]], None]) -> None:
+    def _run_pool(self, fn: Callable[[dict[str, Any]], dict[str, Any]], pending: list[dict[str, Any]],
+                  done: Callable[[dict[str, Any]], None]) -> None:
         import multiprocessing as mp
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         failures = []
         with ProcessPoolExecutor(self.spec.jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                  initargs=(self.spec.threads_per_job,)) as pool:
-            futures = {pool.submit(run_cell, j): j for j in pending}
+            futures = {pool.submit(fn, j): j for j in pending}
             try:
                 while futures:
                     finished, _ = wait(futures, return_when=FIRST_COMPLETED)

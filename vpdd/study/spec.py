@@ -57,6 +57,28 @@ class Arm(Validated):
 
 
 @dataclass
+class ProbeSettings(Validated):
+    """The held-out action probe of every cell (:mod:`vpdd.study.probe`): scripted-expert episodes on held-out
+    scenes, collected once per study, and the states scored in each."""
+
+    episodes_per_task: int = 4
+    states_per_episode: int = 12
+    seed: int = 0  # the held-out scenes (vpdd.eval.scenes.heldout_seed) and the policies' sampler seeds
+    batch_size: int = 16
+    keep_failures: bool = False  # keep held-out scripted episodes that did not succeed
+
+    def checks(self) -> list[Check]:
+        def count(v: Any, low: int) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+        return [Check("episodes_per_task", count(self.episodes_per_task, 1), "an integer > 0"),
+                Check("states_per_episode", count(self.states_per_episode, 1), "an integer > 0"),
+                Check("seed", count(self.seed, 0), "an integer >= 0"),
+                Check("batch_size", count(self.batch_size, 1), "an integer > 0"),
+                Check("keep_failures", isinstance(self.keep_failures, bool), "true or false")]
+
+
+@dataclass
 class StudySpec(Validated):
     name: str
     arms: list[Arm]
@@ -71,6 +93,7 @@ class StudySpec(Validated):
     bc: dict[str, Any] = field(default_factory=dict)  # dotted overrides for every behaviour-cloning run
     eval: dict[str, Any] = field(default_factory=dict)  # dotted overrides for every evaluation
     video: dict[str, Any] = field(default_factory=dict)  # vpdd eval video settings of each arm's pre-training
+    probe: ProbeSettings = field(default_factory=ProbeSettings)  # every cell's held-out action error
     reference: str = ""  # the arm the others are compared with (default: the first arm)
     jobs: int = 2  # cells run at once
     threads_per_job: int = 1
@@ -142,9 +165,14 @@ def load_spec(path: str | Path) -> StudySpec:
         arms.append(Arm(str(a["name"]), None if pre is None else PretrainArm(str(pre.get("corpus") or ""),
                                                                             dict(pre.get("overrides") or {})),
                         str(a.get("policy", "vpdd"))))
+    probe = raw.get("probe") or {}
+    if not isinstance(probe, dict) or set(probe) - set(ProbeSettings.__dataclass_fields__):
+        raise ConfigError(f"{path}: probe={probe!r}: expected a mapping of some of "
+                          f"{sorted(ProbeSettings.__dataclass_fields__)}")
     try:
         seeds = {int(k): int(v) for k, v in (raw["seeds"] or {}).items()}
-        spec = StudySpec(**{**raw, "arms": arms, "seeds": seeds, "demos": [int(d) for d in raw["demos"]]})
+        spec = StudySpec(**{**raw, "arms": arms, "seeds": seeds, "demos": [int(d) for d in raw["demos"]],
+                            "probe": ProbeSettings(**probe)})
     except (TypeError, ValueError, AttributeError) as err:
         raise ConfigError(f"{path}: {err}") from None
     from vpdd.eval.video_quality import VideoEvalSettings
