@@ -53,13 +53,19 @@ def expert_chunks(actions: np.ndarray, steps: np.ndarray, chunk: int, hold: np.n
     return padded[np.asarray(steps)[:, None] + np.arange(chunk)[None, :]]
 
 
+def _expert_targets(disc: Any, chunk: int, actions: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The expert's chunks at ``steps`` and, per state, the L1 of those chunks through the action bins (the
+    floor a policy with perfect bins reaches)."""
+    target = expert_chunks(actions, steps, chunk, disc.hold_action(actions[-1]))
+    through_bins = disc.decode_chunk(disc.episode_chunks(actions)[np.asarray(steps)])
+    return target, np.abs(through_bins - target).mean(axis=(1, 2))
+
+
 def probe_episode(policy: Any, episode: Any, steps: np.ndarray, history: np.ndarray, true_tokens: torch.Tensor,
                   seed: int, batch_size: int) -> dict[str, np.ndarray]:
     """Per state (M,) action-chunk L1 of each mode in :data:`MODES`, and ``discretization``."""
-    disc = policy.discretizer
-    target = expert_chunks(episode.actions, steps, policy.chunk, disc.hold_action(episode.actions[-1]))
-    through_bins = disc.decode_chunk(disc.episode_chunks(episode.actions)[np.asarray(steps)])
-    out = {"discretization": np.abs(through_bins - target).mean(axis=(1, 2))}
+    target, floor = _expert_targets(policy.discretizer, policy.chunk, episode.actions, steps)
+    out = {"discretization": floor}
     texts = [episode.instruction] * len(steps)
     for mode in MODES:
         policy.reset(seed=seed)  # the same draws for every mode
@@ -82,20 +88,18 @@ def heldout_action_error(policy: Any, episodes: Sequence[Any], states_per_episod
     from vpdd.eval.video_quality import window_steps
     from vpdd.tokenizer.data import window_indices
 
-    disc = policy.discretizer
     errors: dict[str, list[np.ndarray]] = {}
     floors: dict[str, list[np.ndarray]] = {}
     for k, ep in enumerate(episodes):
         steps = window_steps(len(ep), 0, states_per_episode)
         history = ep.frames[window_indices(steps, policy.window)]
-        target = expert_chunks(ep.actions, steps, policy.chunk, disc.hold_action(ep.actions[-1]))
-        through_bins = disc.decode_chunk(disc.episode_chunks(ep.actions)[steps])
+        target, floor = _expert_targets(policy.discretizer, policy.chunk, ep.actions, steps)
         policy.reset(seed=hash31(f"heldout-action:{int(seed)}:{ep.task}:{k}"))
         pred = np.concatenate([policy.predict_windows(history[i:i + batch_size],
                                                       [ep.instruction] * len(history[i:i + batch_size]))
                                for i in range(0, len(steps), batch_size)])
         errors.setdefault(ep.task, []).append(np.abs(pred - target).mean(axis=(1, 2)))
-        floors.setdefault(ep.task, []).append(np.abs(through_bins - target).mean(axis=(1, 2)))
+        floors.setdefault(ep.task, []).append(floor)
     per_task = {t: float(np.concatenate(v).mean()) for t, v in errors.items()}
     return {"mean": float(np.mean(list(per_task.values()))) if per_task else None, "per_task": per_task,
             "discretization": float(np.mean([np.concatenate(v).mean() for v in floors.values()])) if floors else None,

@@ -98,15 +98,23 @@ def policy_seed(seed: int, task: str, episode: int) -> int:
     return hash31(f"{SEED_NAMESPACE}-policy:{int(seed)}:{task}:{int(episode)}")
 
 
+def params_render(params_env: Any) -> dict[str, Any]:
+    """The render settings of params.yaml's ``env`` (camera, resolution, flip, crop, renderer): what
+    :func:`collect_heldout` takes."""
+    return {"camera": str(params_env.camera), "resolution": int(params_env.resolution), "flip": bool(params_env.flip),
+            "crop": float(params_env.crop), "fast_render": bool(params_env.fast_render),
+            "render_backend": str(params_env.render_backend)}
+
+
 def render_settings(params_env: Any, checkpoint_config: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
     """Camera, resolution, flip, crop of the training frames: the checkpoint's ``env`` if it has one, else
     params.yaml's ``env``; the resolution must be the tokenizer's."""
     env = checkpoint_config.get("env")
     source = "checkpoint" if env else "params"
-    env = dict(env) if env else {k: getattr(params_env, k) for k in ("camera", "resolution", "flip", "crop")}
-    out = {"camera": str(env["camera"]), "resolution": int(env["resolution"]), "flip": bool(env["flip"]),
-           "crop": float(env.get("crop", 1.0)), "fast_render": bool(params_env.fast_render),
-           "render_backend": str(params_env.render_backend), "source": source}
+    out = {**params_render(params_env), "source": source}
+    if env:
+        out.update(camera=str(env["camera"]), resolution=int(env["resolution"]), flip=bool(env["flip"]),
+                   crop=float(env.get("crop", 1.0)))
     if source == "checkpoint":
         differ = {k: (getattr(params_env, k), out[k]) for k in ("camera", "resolution", "flip", "crop")
                   if getattr(params_env, k) != out[k]}

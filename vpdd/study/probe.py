@@ -40,7 +40,7 @@ def prepare_episodes(spec: StudySpec, cfg: Any, root: str | Path) -> Path:
     """Collect the probe's held-out episodes into ``root`` (atomically) unless it holds them already."""
     from vpdd.data.episodes import save_episode, write_index
     from vpdd.eval.scenes import training_seeds
-    from vpdd.eval.video_quality import VideoEvalSettings, collect_heldout
+    from vpdd.eval.video_quality import VideoEvalSettings, collect_heldout, params_render
     from vpdd.utils.io import atomic_directory
 
     root, fp = Path(root), probe_fingerprint(spec, cfg)
@@ -48,8 +48,7 @@ def prepare_episodes(spec: StudySpec, cfg: Any, root: str | Path) -> Path:
     if index.is_file() and json.loads(index.read_text()).get("probe_fingerprint") == fp:
         return root
     tasks = probe_tasks(cfg)
-    render = {"camera": cfg.env.camera, "resolution": cfg.env.resolution, "flip": cfg.env.flip,
-              "crop": cfg.env.crop, "fast_render": cfg.env.fast_render, "render_backend": cfg.env.render_backend}
+    render = params_render(cfg.env)
     exclude = training_seeds(cfg.data.robot, tasks, spec.robot, cfg.data.task_video)
     settings = VideoEvalSettings(episodes_per_task=spec.probe.episodes_per_task, seed=spec.probe.seed,
                                  keep_failures=spec.probe.keep_failures)

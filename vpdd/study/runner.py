@@ -309,11 +309,13 @@ class StudyRunner:
             rec = json.loads(path.read_text())
             return rec.get("fingerprint") == fp and rec.get("cell_fingerprint") == j["fingerprint"]
 
+        def publish(cell: Cell) -> None:
+            shutil.copy2(self.out / cell.path / PROBE_FILE, self.results / cell.path / PROBE_FILE)
+
         done_jobs = [j for j in jobs if self.status(j) == "done"]
         for j in done_jobs:  # a probe scored before its copy reached the results (a run stopped in between)
-            cell = Cell(**j["cell"])
-            if current(j) and not (self.results / cell.path / PROBE_FILE).is_file():
-                shutil.copy2(self.out / cell.path / PROBE_FILE, self.results / cell.path / PROBE_FILE)
+            if current(j) and not (self.results / Cell(**j["cell"]).path / PROBE_FILE).is_file():
+                publish(Cell(**j["cell"]))
         todo = [j for j in done_jobs if not current(j)]
         if not todo:
             return
@@ -328,7 +330,7 @@ class StudyRunner:
             nonlocal finished
             finished += 1
             cell = Cell(record["arm"], record["demos"], record["seed"])
-            shutil.copy2(self.out / cell.path / PROBE_FILE, self.results / cell.path / PROBE_FILE)
+            publish(cell)
             self.echo(f"[probe {finished}/{len(todo)}] {cell.path}: held-out action L1 "
                       f"{record['action_l1']['mean']:.4f} ({record['seconds']:.0f} s)")
 
