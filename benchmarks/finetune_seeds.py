@@ -10,7 +10,9 @@ the same pre-trained model and evaluated on the same closed-loop scenes, then co
 ``OUT/<arm>/seed<k>/`` and skips the pairs whose ``eval/metrics.json`` exists, so an interrupted study picks up
 where it stopped; ``--jobs 2`` runs two pairs at once, one thread each. ``--reuse ARM:SEED=DIR`` takes a pair
 from an evaluation already made with those settings (e.g. the pipeline's ``results/eval`` for the default
-arm). ``summary`` writes the table of :func:`vpdd.eval.seeds.seed_study`.
+arm). Arms whose overrides are all ``eval.*`` settings (e.g. the action decoding) act with one policy per
+seed, fine-tuned once into ``OUT/_shared/seed<k>/``: fine-tuning does not read them, so such arms differ in
+evaluation alone. ``summary`` writes the table of :func:`vpdd.eval.seeds.seed_study`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,29 +42,49 @@ def _set(tree: dict, dotted: str, value: str) -> None:
     node[keys[-1]] = yaml.safe_load(value)
 
 
+_POLICY_LOCKS: defaultdict[Path, threading.Lock] = defaultdict(threading.Lock)
+
+
+def _params(args: argparse.Namespace, overrides: list[str], seed: int) -> dict:
+    params = yaml.safe_load(Path(args.params).read_text())
+    for o in overrides:
+        _set(params, *o.split("=", 1))
+    _set(params, "finetune.seed", str(seed))
+    return params
+
+
+def _run_logged(cmd: list[str], log, env: dict[str, str]) -> bool:
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode == 0
+
+
 def _pair(args: argparse.Namespace, arm: str, overrides: list[str], seed: int) -> str:
     d = Path(args.out) / arm / f"seed{seed}"
     if (d / "eval" / "metrics.json").is_file():
         return f"{arm} seed {seed}: done before"
     d.mkdir(parents=True, exist_ok=True)
-    params = yaml.safe_load(Path(args.params).read_text())
-    for o in overrides:
-        _set(params, *o.split("=", 1))
-    _set(params, "finetune.seed", str(seed))
-    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (d / "params.yaml").write_text(yaml.safe_dump(_params(args, overrides, seed), sort_keys=False))
+    # eval-only arms share the seed's policy (trained with none of the overrides: they are all eval.*)
+    shared = all(o.startswith("eval.") for o in overrides)
+    p = Path(args.out) / "_shared" / f"seed{seed}" if shared else d
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    with _POLICY_LOCKS[p], open(d / "log.txt", "a") as log:
+        if not (p / "finetuned").is_file():
+            p.mkdir(parents=True, exist_ok=True)
+            if shared:
+                (p / "params.yaml").write_text(yaml.safe_dump(_params(args, [], seed), sort_keys=False))
+            cmd = ["vpdd", "train", "finetune", "--params", str(p / "params.yaml"), "--tokens", args.tokens,
+                   "--tokenizer", args.tokenizer, "--robot", args.robot, "--pretrained", args.pretrained, "--out",
+                   str(p / "policy"), "--live", str(p / "finetune"), "--device", "cpu"]
+            if not _run_logged(cmd, log, env):
+                return f"{arm} seed {seed}: FAILED (train finetune; see {d / 'log.txt'})"
+            (p / "finetuned").write_text("")
     with open(d / "log.txt", "a") as log:
-        for cmd in (
-            ["vpdd", "train", "finetune", "--params", str(d / "params.yaml"), "--tokens", args.tokens,
-             "--tokenizer", args.tokenizer, "--robot", args.robot, "--pretrained", args.pretrained, "--out",
-             str(d / "policy"), "--live", str(d / "finetune"), "--device", "cpu"],
-            ["vpdd", "eval", "run", "--policy", str(d / "policy"), "--params", str(d / "params.yaml"), "--out",
-             str(d / "eval")],
-        ):
-            log.write(f"$ {' '.join(cmd)}\n")
-            log.flush()
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode != 0:
-                return f"{arm} seed {seed}: FAILED ({cmd[1]} {cmd[2]}; see {d / 'log.txt'})"
+        cmd = ["vpdd", "eval", "run", "--policy", str(p / "policy"), "--params", str(d / "params.yaml"), "--out",
+               str(d / "eval")]
+        if not _run_logged(cmd, log, env):
+            return f"{arm} seed {seed}: FAILED (eval run; see {d / 'log.txt'})"
     return f"{arm} seed {seed}: done"
 
 

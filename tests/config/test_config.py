@@ -37,6 +37,8 @@ def test_unknown_key_is_named(repo_root):
         ("tokenizer.n_codes=-3", "tokenizer.n_codes=-3: expected a value > 0"),
         ("data.robot.tasks=[not-a-task-v3]", "unknown: ['not-a-task-v3']"),
         ("diffusion.truncation_r=1.5", "diffusion.truncation_r=1.5"),
+        ("eval.truncation_r=0", "eval.truncation_r=0.0: expected null (the checkpoint's"),
+        ("eval.truncation_r=1e-6", None),  # valid: greedy decoding
         ("kernel=triton", None),  # valid: a group switch
         ("tokenizer.resolution=96", "equal to env.resolution"),
         ("env.camera=ceiling", "env.camera='ceiling': expected one of"),
@@ -44,7 +46,9 @@ def test_unknown_key_is_named(repo_root):
 )
 def test_bad_values_are_named(repo_root, override, fragment):
     if fragment is None:
-        assert compose([override], repo_root / "conf")["kernel"]["impl"] == "triton"
+        composed = compose([override], repo_root / "conf")
+        assert composed["kernel"]["impl"] == "triton" if override.startswith("kernel") else \
+            composed["eval"]["truncation_r"] == 1e-6
         return
     with pytest.raises(ConfigError) as err:
         compose([override], repo_root / "conf")

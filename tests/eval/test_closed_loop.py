@@ -88,6 +88,7 @@ def test_vpdd_eval_run_end_to_end_is_deterministic(trained, synthetic, tmp_path,
     m = read_record(outs[0] / "metrics.json")
     assert m["episodes"] == 6 and set(m["tasks"]) == {"reach-v3"}
     assert m["settings"]["reverse_steps"] == 2 and m["settings"]["execute_steps"] == 2
+    assert m["settings"]["truncation_r"] == 0.88  # eval.truncation_r null: the checkpoint's
     episodes = json.loads((outs[0] / "episodes.json").read_text())
     assert [e["eval_seed"] for e in episodes] == [0, 0, 0, 1, 1, 1]
     assert all(1 <= e["steps"] <= 6 for e in episodes)
@@ -136,3 +137,32 @@ def test_read_metrics_from_a_git_revision_and_a_dvc_experiment_ref(tmp_path, mon
     assert read_metrics("no-pretrain:metrics.json")["episodes"] == 2
     with pytest.raises(ValueError, match="no other.json in git revision or DVC experiment 'HEAD'"):
         read_metrics("HEAD:other.json")
+
+
+def test_eval_truncation_r_reaches_the_policy_and_one_greedy_step_ignores_the_seed(trained, synthetic, tmp_path):
+    """``eval.truncation_r`` is what the evaluated policy truncates with; with a tiny r and one reverse step
+    (stride = T) every action token is the argmax of one x0 prediction, so the sampler's seed cannot matter,
+    while the default r = 0.88 still samples."""
+    from dataclasses import replace
+
+    from vpdd.config import load_config
+    from vpdd.eval.report import load_policy, settings_from_config
+
+    cfg = load_config(synthetic.write_params(tmp_path / "params.yaml"))
+    steps = cfg.diffusion.num_timesteps
+    settings = replace(settings_from_config(cfg), sampling_stride=steps)
+    assert settings.truncation_r is None
+    window = np.random.default_rng(0).integers(0, 255, (6, cfg.tokenizer.encode_window, *(2 * [cfg.env.resolution]), 3),
+                                               dtype=np.uint8)
+
+    def chunks(policy, seed):
+        policy.reset(seed=seed)
+        return policy.predict_windows(window, texts)
+
+    greedy = load_policy(trained["policy"], replace(settings, truncation_r=1e-6))
+    assert greedy.truncation_r == 1e-6
+    texts = [greedy.table.texts[0]] * 6  # an instruction the policy was trained with
+    np.testing.assert_array_equal(chunks(greedy, 0), chunks(greedy, 1))
+    sampled = load_policy(trained["policy"], settings)
+    assert sampled.truncation_r is None and sampled.scheduler.truncation_r == 0.88
+    assert any(not np.array_equal(chunks(sampled, 0), chunks(sampled, s)) for s in range(1, 4))

@@ -86,3 +86,34 @@ def test_the_runner_skips_done_pairs_and_takes_reused_evaluations(tmp_path, repo
     with pytest.raises(SystemExit, match="no key 'nope'"):
         runner.main(["run", "--out", str(out), "--seeds", "1", "--arm", "b", "finetune.nope=1",
                      "--params", str(repo_root / "params.yaml")])
+
+
+def test_eval_only_arms_share_one_fine_tuned_policy_per_seed(tmp_path, repo_root, monkeypatch):
+    """Arms that change only eval.* settings act with the same policy: each seed fine-tunes once, into
+    _shared/seed<k>, with none of the overrides; an arm that changes training has its own policy."""
+    import importlib.util
+    import types
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("finetune_seeds", repo_root / "benchmarks" / "finetune_seeds.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    calls = []
+    monkeypatch.setattr(runner.subprocess, "run",
+                        lambda cmd, **kw: calls.append(cmd) or types.SimpleNamespace(returncode=0))
+    out = tmp_path / "study"
+    assert runner.main(["run", "--out", str(out), "--seeds", "0", "1", "--jobs", "2", "--params",
+                        str(repo_root / "params.yaml"), "--arm", "sampled", "--arm", "greedy", "eval.truncation_r=1e-6",
+                        "eval.sampling_stride=100", "--arm", "big", "finetune.batch_size=32"]) == 0
+    trains = sorted(c[c.index("--out") + 1] for c in calls if c[1] == "train")
+    assert trains == sorted([str(out / "_shared" / f"seed{s}" / "policy") for s in (0, 1)]
+                            + [str(out / "big" / f"seed{s}" / "policy") for s in (0, 1)])
+    evals = {(c[c.index("--out") + 1], c[c.index("--policy") + 1]) for c in calls if c[1] == "eval"}
+    assert (str(out / "greedy" / "seed1" / "eval"), str(out / "_shared" / "seed1" / "policy")) in evals
+    assert (str(out / "sampled" / "seed1" / "eval"), str(out / "_shared" / "seed1" / "policy")) in evals
+    assert len(evals) == 6
+    shared = yaml.safe_load((out / "_shared" / "seed1" / "params.yaml").read_text())
+    arm = yaml.safe_load((out / "greedy" / "seed1" / "params.yaml").read_text())
+    assert shared["finetune"]["seed"] == arm["finetune"]["seed"] == 1
+    assert shared["eval"]["truncation_r"] is None and float(arm["eval"]["truncation_r"]) == 1e-6

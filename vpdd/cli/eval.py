@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--n-envs", type=int, help="environments per batched policy call (default: eval.n_envs)")
     r.add_argument("--execute-steps", type=int, help="actions executed per predicted chunk (eval.execute_steps)")
     r.add_argument("--sampling-stride", type=int, help="reverse-diffusion stride (default: eval.sampling_stride)")
+    r.add_argument("--truncation-r", type=float,
+                   help="top-r truncation when acting (default: eval.truncation_r, else the checkpoint's)")
     r.add_argument("--videos", type=int, help="rollout videos per task and seed (default: eval.videos_per_task)")
     r.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
     r.set_defaults(func=_run)
@@ -69,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     ev = cfg.eval
     given = {"tasks": args.tasks, "episodes_per_task": args.episodes, "seeds": args.seeds, "max_steps": args.max_steps,
              "n_envs": args.n_envs, "execute_steps": args.execute_steps, "sampling_stride": args.sampling_stride,
-             "videos_per_task": args.videos}
+             "truncation_r": args.truncation_r, "videos_per_task": args.videos}
     settings = replace(settings_from_config(cfg, args.device), **{k: v for k, v in given.items() if v is not None})
     problems = validate_tree(type(ev)(**{k: v for k, v in asdict(settings).items()
                                          if k not in ("device", "kernel_impl")}), "eval.")

@@ -43,6 +43,7 @@ class EvalSettings:
     n_envs: int = 4
     execute_steps: int = 1
     sampling_stride: int = 1
+    truncation_r: float | None = None  # None: the checkpoint's diffusion.truncation_r
     videos_per_task: int = 1
     device: str = "cpu"
     kernel_impl: str = "auto"  # the kernel.impl setting (VPDD_KERNEL_IMPL wins)
@@ -54,7 +55,7 @@ def settings_from_config(cfg: Any, device: str = "cpu") -> EvalSettings:
     return EvalSettings(
         tasks=list(ev.tasks), episodes_per_task=ev.episodes_per_task, seeds=list(ev.seeds), max_steps=ev.max_steps,
         n_envs=ev.n_envs, execute_steps=ev.execute_steps, sampling_stride=ev.sampling_stride,
-        videos_per_task=ev.videos_per_task, device=device, kernel_impl=cfg.kernel.impl,
+        truncation_r=ev.truncation_r, videos_per_task=ev.videos_per_task, device=device, kernel_impl=cfg.kernel.impl,
     )
 
 
@@ -144,7 +145,8 @@ def load_policy(policy_dir: Path, settings: EvalSettings) -> Any:
         raise EvaluationError(f"{policy_dir}: a {kind!r} checkpoint; `vpdd eval run` evaluates {list(KINDS)} "
                               f"(VPDD) and {KIND_BC!r} (behaviour cloning) checkpoints")
     return VPDDPolicy.from_pretrained(policy_dir, device=settings.device, kernel_impl=settings.kernel_impl,
-                                      execute_steps=settings.execute_steps, sampling_stride=settings.sampling_stride)
+                                      execute_steps=settings.execute_steps, sampling_stride=settings.sampling_stride,
+                                      truncation_r=settings.truncation_r)
 
 
 def evaluate(policy_dir: str | Path, settings: EvalSettings, env_cfg: dict[str, Any], out: str | Path,
@@ -198,6 +200,8 @@ def evaluate(policy_dir: str | Path, settings: EvalSettings, env_cfg: dict[str, 
         "max_steps": settings.max_steps, "n_envs": settings.n_envs, "execute_steps": settings.execute_steps,
         "sampling_stride": settings.sampling_stride if diffusion else None,
         "reverse_steps": len(policy.scheduler.timesteps(settings.sampling_stride)) if diffusion else None,
+        # what the reverse steps truncated with: the setting, else the checkpoint's
+        "truncation_r": (settings.truncation_r or policy.scheduler.truncation_r) if diffusion else None,
         "kernel_impl": policy.scheduler.kernel_impl_for() if diffusion else None,  # what ran, not what was asked
         "policy_kind": policy.config.get("kind"),
         "success_definition": "info['success'] at any step within max_steps",
