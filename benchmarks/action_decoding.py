@@ -34,36 +34,17 @@ def _setting(text: str) -> tuple[str, float, int]:
                          "e.g. greedy:1e-6:10") from None
 
 
-def _t_interval(x: np.ndarray) -> list[float]:
-    from scipy import stats
-
-    if len(x) < 2:
-        return [float("nan"), float("nan")]
-    half = float(stats.t.ppf(0.975, len(x) - 1) * np.std(x, ddof=1) / np.sqrt(len(x)))
-    return [float(np.mean(x) - half), float(np.mean(x) + half)]
-
-
 def heldout_episodes(cfg, root: Path, per_task: int, seed: int) -> list:
     """The held-out scripted episodes in ``root``, collected there (atomically) the first time."""
-    from vpdd.data.episodes import save_episode, write_index
     from vpdd.eval.scenes import training_seeds
-    from vpdd.eval.video_quality import VideoEvalSettings, collect_heldout, load_heldout, params_render
-    from vpdd.utils.io import atomic_directory
+    from vpdd.eval.video_quality import VideoEvalSettings, load_heldout
+    from vpdd.study.probe import collect_episodes
 
     tasks = list(cfg.eval.tasks or cfg.data.robot.tasks)
     exclude = training_seeds(cfg.data.robot, tasks, "data/metaworld", cfg.data.task_video)
     if not (root / "index.json").is_file():
         settings = VideoEvalSettings(episodes_per_task=per_task, seed=seed, keep_failures=False)
-        episodes, report = collect_heldout(tasks, params_render(cfg.env), cfg.data.robot.max_steps,
-                                           cfg.data.robot.steps_after_success, settings, exclude)
-        with atomic_directory(root, check=False) as tmp:
-            entries = []
-            for k, ep in enumerate(episodes):
-                rel = f"{ep.task}/episode_{k:04d}.npz"
-                save_episode(tmp / rel, ep)
-                entries.append({"path": rel, "task": ep.task, "instruction": ep.instruction,
-                                "seed": ep.meta["seed"], "success": bool(ep.meta["success"]), "length": len(ep)})
-            write_index(tmp, entries, extra={"collection": report})
+        collect_episodes(cfg, root, tasks, exclude, settings, {})
     return load_heldout(root, tasks, per_task, exclude)
 
 
@@ -85,12 +66,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from vpdd.config import load_config
     from vpdd.eval.foresight import heldout_action_error
+    from vpdd.eval.seeds import mean_interval
     from vpdd.policy import VPDDPolicy
     from vpdd.utils.io import atomic_write_text
     from vpdd.utils.machine import machine_record
 
     torch.set_num_threads(1)
     cfg = load_config(args.params)
+    # a policy (and with it transformers -> triton) must load before MuJoCo's EGL context exists: importing
+    # triton after rendering has started crashes the process (vpdd.eval.report.load_policy)
+    VPDDPolicy.from_pretrained(args.policies[0])
     episodes = heldout_episodes(cfg, args.episodes, args.episodes_per_task, args.seed)
     rows: dict[str, list[dict]] = {name: [] for name, _, _ in settings}
     for policy_dir in args.policies:
@@ -104,19 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     for name, r, stride in settings:
         means = np.array([row["mean"] for row in rows[name]])
-        diff = means - np.array([row["mean"] for row in rows[base]])
+        diff = mean_interval(means - np.array([row["mean"] for row in rows[base]]), (-np.inf, np.inf))
         summary[name] = {"truncation_r": r, "sampling_stride": stride, "mean": float(means.mean()),
-                         "ci95_over_policies": _t_interval(means), "minus_first": float(diff.mean()),
-                         "minus_first_ci95": _t_interval(diff) if name != base else None,
+                         "ci95_over_policies": mean_interval(means, (0.0, np.inf))["ci95"],
+                         "minus_first": diff["mean"], "minus_first_ci95": diff["ci95"] if name != base else None,
                          "per_policy": means.tolist()}
     lines = [f"| setting (r, stride) | held-out action L1, mean over {len(args.policies)} policies [95% t] | "
              f"per policy | minus {base} [95% t, paired by policy] |", "|---|---|---|---|"]
+    def interval(ci: list[float] | None, sign: str = "") -> str:  # None: a single policy has no interval
+        return "" if ci is None else f" [{ci[0]:{sign}.4f}, {ci[1]:{sign}.4f}]"
+
     for name, s in summary.items():
-        lo, hi = s["ci95_over_policies"]
-        d = "-" if name == base else f"{s['minus_first']:+.4f} [{s['minus_first_ci95'][0]:+.4f}, " \
-                                     f"{s['minus_first_ci95'][1]:+.4f}]"
-        lines.append(f"| {name} ({s['truncation_r']:g}, {s['sampling_stride']}) | {s['mean']:.4f} [{lo:.4f}, {hi:.4f}]"
-                     f" | {' / '.join(f'{m:.3f}' for m in s['per_policy'])} | {d} |")
+        d = "-" if name == base else f"{s['minus_first']:+.4f}{interval(s['minus_first_ci95'], '+')}"
+        lines.append(f"| {name} ({s['truncation_r']:g}, {s['sampling_stride']}) | {s['mean']:.4f}"
+                     f"{interval(s['ci95_over_policies'])} | {' / '.join(f'{m:.3f}' for m in s['per_policy'])} "
+                     f"| {d} |")
     table = "\n".join(lines)
     print(table)
     record = {"command": "python benchmarks/action_decoding.py " + " ".join(argv), "machine": machine_record(),

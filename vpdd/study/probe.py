@@ -38,20 +38,30 @@ def probe_fingerprint(spec: StudySpec, cfg: Any) -> str:
 
 def prepare_episodes(spec: StudySpec, cfg: Any, root: str | Path) -> Path:
     """Collect the probe's held-out episodes into ``root`` (atomically) unless it holds them already."""
-    from vpdd.data.episodes import save_episode, write_index
     from vpdd.eval.scenes import training_seeds
-    from vpdd.eval.video_quality import VideoEvalSettings, collect_heldout, params_render
-    from vpdd.utils.io import atomic_directory
+    from vpdd.eval.video_quality import VideoEvalSettings
 
     root, fp = Path(root), probe_fingerprint(spec, cfg)
     index = root / "index.json"
     if index.is_file() and json.loads(index.read_text()).get("probe_fingerprint") == fp:
         return root
     tasks = probe_tasks(cfg)
-    render = params_render(cfg.env)
     exclude = training_seeds(cfg.data.robot, tasks, spec.robot, cfg.data.task_video)
     settings = VideoEvalSettings(episodes_per_task=spec.probe.episodes_per_task, seed=spec.probe.seed,
                                  keep_failures=spec.probe.keep_failures)
+    return collect_episodes(cfg, root, tasks, exclude, settings, {"probe_fingerprint": fp})
+
+
+def collect_episodes(cfg: Any, root: str | Path, tasks: list[str], exclude: dict[str, set[int]], settings: Any,
+                     extra: dict[str, Any]) -> Path:
+    """Scripted-expert episodes of ``tasks`` on scenes outside ``exclude`` (``settings``: a
+    ``VideoEvalSettings``), rendered as ``cfg.env`` says, written to ``root`` in one atomic step; ``extra``
+    joins the render settings and the collection report in its ``index.json``."""
+    from vpdd.data.episodes import save_episode, write_index
+    from vpdd.eval.video_quality import collect_heldout, params_render
+    from vpdd.utils.io import atomic_directory
+
+    root, render = Path(root), params_render(cfg.env)
     episodes, report = collect_heldout(tasks, render, cfg.data.robot.max_steps, cfg.data.robot.steps_after_success,
                                        settings, exclude)
     with atomic_directory(root, check=False) as tmp:
@@ -61,7 +71,7 @@ def prepare_episodes(spec: StudySpec, cfg: Any, root: str | Path) -> Path:
             save_episode(tmp / rel, ep)
             entries.append({"path": rel, "task": ep.task, "instruction": ep.instruction, "seed": ep.meta["seed"],
                             "success": bool(ep.meta["success"]), "length": len(ep)})
-        write_index(tmp, entries, extra={"probe_fingerprint": fp, "render": render, "collection": report})
+        write_index(tmp, entries, extra={**extra, "render": render, "collection": report})
     return root
 
 
