@@ -42,6 +42,7 @@ def test_unknown_key_is_named(repo_root):
         ("kernel=triton", None),  # valid: a group switch
         ("tokenizer.resolution=96", "equal to env.resolution"),
         ("env.camera=ceiling", "env.camera='ceiling': expected one of"),
+        ("model.action.action_embedding=onehot", "model.action.action_embedding='onehot': expected one of"),
     ],
 )
 def test_bad_values_are_named(repo_root, override, fragment):

@@ -16,17 +16,18 @@ from vpdd.models.video_net import codebook_embed
 LAYOUT = TokenLayout(n_video_codes=32, n_action_bins=12, n_video_tokens=16, n_action_tokens=8)
 
 
-def small_model(with_action: bool = True) -> VPDDModel:
+def small_model(with_action: bool = True, action_embedding: str = "ordinal") -> VPDDModel:
     torch.manual_seed(0)
-    model = VPDDModel(small_spec(with_action))
+    model = VPDDModel(small_spec(with_action, action_embedding=action_embedding))
     model.video.set_codebook(torch.randn(32, 6))
     return model
 
 
-def small_spec(with_action: bool = True, lang_dim: int = 10) -> ModelSpec:
+def small_spec(with_action: bool = True, lang_dim: int = 10, action_embedding: str = "ordinal") -> ModelSpec:
     cfg = ModelConfig()
     cfg.video = dataclasses.replace(cfg.video, dim=16, depth=1, num_latents=8, dim_head=8, dropout=0.0)
-    cfg.action = dataclasses.replace(cfg.action, n_layer=2, n_head=2, n_embd=24, n_inner=32, dropout=0.0)
+    cfg.action = dataclasses.replace(cfg.action, n_layer=2, n_head=2, n_embd=24, n_inner=32, dropout=0.0,
+                                     action_embedding=action_embedding)
     cfg.actions = dataclasses.replace(cfg.actions, n_bins=12, chunk=2, dim=4)
     return ModelSpec.from_config(cfg, LAYOUT, code_dim=6, lang_dim=lang_dim, with_action=with_action)
 
@@ -107,6 +108,39 @@ def test_sampling_returns_a_valid_sequence():
     assert not (out == LAYOUT.mask_id).any()  # the chain ends at t = -1: nothing left masked
     again = sample_tokens(model, sched, hist, lang, torch.Generator().manual_seed(0), stride=3)
     assert torch.equal(out, again)
+
+
+def test_ordinal_mask_gives_mask_its_own_vector_and_changes_nothing_else():
+    """"ordinal" embeds [MASK] (1.0) next to the top bin (11/12); "ordinal_mask" starts as the same network,
+    answers the same wherever no token is masked, and learns a separate [MASK] vector."""
+    ordinal, masked = small_model(), small_model(action_embedding="ordinal_mask")
+    extra = set(masked.state_dict()) - set(ordinal.state_dict())
+    assert extra == {"action.mask_embed"}
+    assert all(torch.equal(v, masked.state_dict()[k]) for k, v in ordinal.state_dict().items())
+    k = LAYOUT.n_action_bins
+    top_mask = ordinal.action.embed_action_tokens(torch.tensor([[k - 1], [k]]))
+    neighbours = ordinal.action.embed_action_tokens(torch.tensor([[k - 2], [k - 1]]))
+    # the released embedding puts [MASK] as close to the top bin as two neighbouring bins are to each other
+    assert (top_mask[0] - top_mask[1]).norm() < 1.5 * (neighbours[0] - neighbours[1]).norm()
+    x, t, hist, lang = inputs()  # no action token is [MASK]
+    for m in (ordinal, masked):
+        m.eval()
+    assert torch.equal(ordinal(x, t, hist, lang)[1], masked(x, t, hist, lang)[1])
+    x_masked = x.clone()
+    x_masked[:, 16:] = LAYOUT.mask_id
+    assert not torch.allclose(ordinal(x_masked, t, hist, lang)[1], masked(x_masked, t, hist, lang)[1])
+    masked.train()
+    masked(x_masked, t, hist, lang)[1].sum().backward()
+    assert masked.action.mask_embed.grad is not None and masked.action.mask_embed.grad.abs().sum() > 0
+
+
+def test_table_embedding_has_a_row_per_bin_and_mask_and_bad_names_are_refused():
+    model = small_model(action_embedding="table").eval()
+    assert model.action.embed_action.weight.shape == (LAYOUT.n_action_bins + 1, 24)
+    x, t, hist, lang = inputs()
+    assert model(x, t, hist, lang)[1].shape == (3, 8, LAYOUT.n_action_bins)
+    with pytest.raises(ValueError, match="action_embedding='onehot'"):
+        VPDDModel(small_spec(action_embedding="onehot"))
 
 
 def test_model_spec_round_trips():

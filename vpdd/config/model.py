@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 from vpdd.config.base import Check, Validated, in_range, one_of, positive
 
+# how ActionNet embeds its noisy action tokens (vpdd.models.action_net); "ordinal" is the released code's
+ACTION_EMBEDDINGS = ("ordinal", "ordinal_mask", "table")
+
 
 @dataclass
 class VideoNetConfig(Validated):
@@ -40,10 +43,14 @@ class ActionNetConfig(Validated):
     # features position by position). The released code reads only the foresight; the tiny preset turns this on
     # because its small video network's features carry too little of the scene (docs/training.md).
     history_input: bool = False
+    # How the noisy action tokens are embedded (vpdd.models.action_net): "ordinal" (the released code: the bin
+    # value as a scalar, [MASK] next to the top bin), "ordinal_mask" ([MASK] gets a vector of its own), "table".
+    action_embedding: str = "ordinal"
 
     def checks(self) -> list[Check]:
         return [
             *positive(self, "n_layer", "n_head", "n_embd", "n_inner"),
+            one_of(self, "action_embedding", ACTION_EMBEDDINGS),
             Check("n_embd", self.n_embd % max(self.n_head, 1) == 0, "a multiple of n_head"),
             Check("n_embd", self.n_embd % 2 == 0 and self.n_embd >= 4, "an even value >= 4 (time embedding)"),
             in_range(self, "dropout", 0.0, 1.0),

@@ -2,9 +2,18 @@
 
 Design (VPDD's released ``MetaFinetuneModel_v1``, with transformers' ``GPT2Model`` as the backbone):
 
-* **Action tokens.** Each noisy action token (bin value v in [0, K_a), [MASK] = K_a) is embedded as an
-  *ordinal scalar*, ``v / K_a`` -> ``Linear(1, d) -> Mish -> Linear(d, d) -> Mish -> Linear(d, d)``, as in
-  the released code (which feeds the raw value 0..48; the scale to [0, 1] is ours).
+* **Action tokens** (``action_embedding``). Each noisy action token (bin value v in [0, K_a), [MASK] = K_a)
+  is embedded as
+
+  - ``"ordinal"`` (the released code): the scalar ``v / K_a`` -> ``Linear(1, d) -> Mish -> Linear(d, d) ->
+    Mish -> Linear(d, d)`` (the released code feeds the raw value 0..48; the scale to [0, 1] is ours).
+    [MASK] (1.0) then sits next to the top bin (47/48 = 0.98), which is where a saturated +1 motion lands:
+    on the tiny pipeline's demonstrations 14 % of all action tokens are bin 47, so a masked token and a
+    full-speed move look almost alike to the network;
+  - ``"ordinal_mask"``: the same scalar MLP for the bins, and a learned vector of its own for [MASK]
+    (zero-initialised, so it draws nothing from the random stream and the rest of the network starts as
+    with ``"ordinal"``);
+  - ``"table"``: ``nn.Embedding(K_a + 1, d)``, one free vector per bin and for [MASK] (no ordinal prior).
 * **Foresight.** ``h``, the video network's decoder features at the noisy-future positions (B, N_v, d_v),
   enters detached; a ``Linear(d_v, d)`` adapts it when the two widths differ (identity otherwise, the
   paper's 256/256).
@@ -23,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vpdd.config.model import ACTION_EMBEDDINGS
 from vpdd.models.layers import condition, prompt_mlp, time_mlp
 
 
@@ -106,8 +116,13 @@ class ActionNet(GPT2ActionTrunk):
         dropout: float = 0.1,
         history_input: bool = False,
         code_dim: int | None = None,
+        action_embedding: str = "ordinal",
     ):
         super().__init__()
+        if action_embedding not in ACTION_EMBEDDINGS:
+            raise ValueError(f"ActionNet(action_embedding={action_embedding!r}): expected one of "
+                             f"{list(ACTION_EMBEDDINGS)}")
+        self.action_embedding = action_embedding
         self.n_bins, self.chunk, self.action_dim = n_bins, chunk, action_dim
         # history_input: the current observation's codebook embeddings join the foresight features
         self.needs_history = bool(history_input)
@@ -118,10 +133,21 @@ class ActionNet(GPT2ActionTrunk):
         self.n_video_tokens = n_video_tokens
         seq_len = 2 + n_video_tokens + self.n_action_tokens
         d = n_embd
-        self.embed_action = mlp3(1, d)
+        self.embed_action = nn.Embedding(n_bins + 1, d) if action_embedding == "table" else mlp3(1, d)
         self.embed_foresight = nn.Identity() if video_dim == d else nn.Linear(video_dim, d)
         self._build_trunk(lang_dim, d, seq_len, n_layer, n_head, n_inner, dropout)
         self.heads = nn.ModuleList(head(d, n_bins) for _ in range(action_dim))
+        # created last and zero: the parameters above are initialised exactly as with "ordinal"
+        self.mask_embed = nn.Parameter(torch.zeros(d)) if action_embedding == "ordinal_mask" else None
+
+    def embed_action_tokens(self, x_action: torch.Tensor) -> torch.Tensor:
+        """(B, N_a) local action tokens -> (B, N_a, d) embeddings (``action_embedding``)."""
+        if self.action_embedding == "table":
+            return self.embed_action(x_action)
+        acts = self.embed_action((x_action.float() / self.n_bins).unsqueeze(-1))
+        if self.mask_embed is not None:
+            acts = torch.where((x_action == self.n_bins).unsqueeze(-1), self.mask_embed.to(acts.dtype), acts)
+        return acts
 
     def forward(
         self, x_action: torch.Tensor, t: torch.Tensor, lang: torch.Tensor, h: torch.Tensor,
@@ -136,7 +162,7 @@ class ActionNet(GPT2ActionTrunk):
                 f"ActionNet: expected {self.n_action_tokens} action tokens and {self.n_video_tokens} foresight "
                 f"features, got {x_action.shape[1]} and {h.shape[1]}"
             )
-        acts = self.embed_action((x_action.float() / self.n_bins).unsqueeze(-1))
+        acts = self.embed_action_tokens(x_action)
         fore = self.embed_foresight(h.detach())
         if self.embed_history is not None:
             if history is None or history.shape[:2] != h.shape[:2]:

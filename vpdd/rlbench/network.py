@@ -62,8 +62,12 @@ class MultiViewActionNet(GPT2ActionTrunk):
         n_embd: int = 256,
         n_inner: int = 1024,
         dropout: float = 0.1,
+        action_embedding: str = "table",
     ):
         super().__init__()
+        if action_embedding != "table":
+            raise ValueError(f"MultiViewActionNet(action_embedding={action_embedding!r}): its action tokens are an "
+                             "embedding table ('table'); the ordinal embeddings are ActionNet's (Meta-World)")
         if action_dim != POSE_DIMS:
             raise ValueError(f"MultiViewActionNet: action_dim={action_dim}, expected {POSE_DIMS} (xyz, Euler, open)")
         if views < 1 or n_video_tokens % views:

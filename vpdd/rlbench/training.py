@@ -215,7 +215,9 @@ def train_rlbench_stage(stage: str, cfg, *, tokens: str | Path, tokenizer: str |
     if stage == "finetune":
         grid = list(TokenCache(tokens).grid_shape)
         options = {"views": len(rlb.cameras), "foresight": bool(rlb.foresight), "grid": grid,
-                   "pool": int(rlb.foresight_pool)}
+                   "pool": int(rlb.foresight_pool),
+                   # the 360 translation bins are always a table here (model.action.action_embedding is ActionNet's)
+                   "action_embedding": "table"}
         hooks = StageHooks(make_data, action_net="multiview", action_options=options, param_keys=PARAM_KEYS[stage])
     else:
         hooks = StageHooks(make_data, param_keys=PARAM_KEYS[stage])
