@@ -8,7 +8,9 @@ the same pre-trained model and evaluated on the same closed-loop scenes, then co
 
 ``run`` fine-tunes (``vpdd train finetune``, resumable) and evaluates (``vpdd eval run``) every (arm, seed) in
 ``OUT/<arm>/seed<k>/`` and skips the pairs whose ``eval/metrics.json`` exists, so an interrupted study picks up
-where it stopped; ``--jobs 2`` runs two pairs at once, one thread each. ``--reuse ARM:SEED=DIR`` takes a pair
+where it stopped; ``--jobs 2`` runs two pairs at once, one thread each; ``--train-only`` fine-tunes and stops
+(to screen arms offline with ``benchmarks/action_decoding.py`` first; a later run evaluates the same policies).
+``--reuse ARM:SEED=DIR`` takes a pair
 from an evaluation already made with those settings (e.g. the pipeline's ``results/eval`` for the default
 arm). Arms whose overrides are all ``eval.*`` settings (e.g. the action decoding) act with one policy per
 seed, fine-tuned once into ``OUT/_shared/seed<k>/``: fine-tuning does not read them, so such arms differ in
@@ -80,6 +82,8 @@ def _pair(args: argparse.Namespace, arm: str, overrides: list[str], seed: int) -
             if not _run_logged(cmd, log, env):
                 return f"{arm} seed {seed}: FAILED (train finetune; see {d / 'log.txt'})"
             (p / "finetuned").write_text("")
+    if args.train_only:
+        return f"{arm} seed {seed}: fine-tuned ({p / 'policy'})"
     with open(d / "log.txt", "a") as log:
         cmd = ["vpdd", "eval", "run", "--policy", str(p / "policy"), "--params", str(d / "params.yaml"), "--out",
                str(d / "eval")]
@@ -138,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--pretrained", default="models/pretrain")
     r.add_argument("--jobs", type=int, default=1)
     r.add_argument("--threads", type=int, default=1, help="OMP threads per job (default 1)")
+    r.add_argument("--train-only", action="store_true",
+                   help="fine-tune the pairs and stop (a later run without it evaluates them)")
     r.set_defaults(func=_run)
     s = sp.add_parser("summary")
     s.add_argument("--out", required=True)

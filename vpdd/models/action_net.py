@@ -10,9 +10,9 @@ Design (VPDD's released ``MetaFinetuneModel_v1``, with transformers' ``GPT2Model
     [MASK] (1.0) then sits next to the top bin (47/48 = 0.98), which is where a saturated +1 motion lands:
     on the tiny pipeline's demonstrations 14 % of all action tokens are bin 47, so a masked token and a
     full-speed move look almost alike to the network;
-  - ``"ordinal_mask"``: the same scalar MLP for the bins, and a learned vector of its own for [MASK]
-    (zero-initialised, so it draws nothing from the random stream and the rest of the network starts as
-    with ``"ordinal"``);
+  - ``"ordinal_mask"``: the same scalar MLP for the bins, and a learned vector of its own for [MASK],
+    initialised to the MLP's output for 1.0: the network starts as the ``"ordinal"`` one, and training can
+    move [MASK] away from the top bin without moving the bins;
   - ``"table"``: ``nn.Embedding(K_a + 1, d)``, one free vector per bin and for [MASK] (no ordinal prior).
 * **Foresight.** ``h``, the video network's decoder features at the noisy-future positions (B, N_v, d_v),
   enters detached; a ``Linear(d_v, d)`` adapts it when the two widths differ (identity otherwise, the
@@ -137,8 +137,12 @@ class ActionNet(GPT2ActionTrunk):
         self.embed_foresight = nn.Identity() if video_dim == d else nn.Linear(video_dim, d)
         self._build_trunk(lang_dim, d, seq_len, n_layer, n_head, n_inner, dropout)
         self.heads = nn.ModuleList(head(d, n_bins) for _ in range(action_dim))
-        # created last and zero: the parameters above are initialised exactly as with "ordinal"
-        self.mask_embed = nn.Parameter(torch.zeros(d)) if action_embedding == "ordinal_mask" else None
+        self.mask_embed = None
+        if action_embedding == "ordinal_mask":
+            # created last, from the scalar MLP's own [MASK] vector: no random draws, so the network starts
+            # exactly as "ordinal" does, and only training moves [MASK] away from the top bin
+            with torch.no_grad():
+                self.mask_embed = nn.Parameter(self.embed_action(torch.ones(1, 1))[0].clone())
 
     def embed_action_tokens(self, x_action: torch.Tensor) -> torch.Tensor:
         """(B, N_a) local action tokens -> (B, N_a, d) embeddings (``action_embedding``)."""
