@@ -117,3 +117,24 @@ def test_eval_only_arms_share_one_fine_tuned_policy_per_seed(tmp_path, repo_root
     arm = yaml.safe_load((out / "greedy" / "seed1" / "params.yaml").read_text())
     assert shared["finetune"]["seed"] == arm["finetune"]["seed"] == 1
     assert shared["eval"]["truncation_r"] is None and float(arm["eval"]["truncation_r"]) == 1e-6
+
+
+def test_train_only_fine_tunes_and_a_later_run_evaluates_the_same_policies(tmp_path, repo_root, monkeypatch):
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("finetune_seeds", repo_root / "benchmarks" / "finetune_seeds.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    calls = []
+    monkeypatch.setattr(runner.subprocess, "run",
+                        lambda cmd, **kw: calls.append(cmd) or types.SimpleNamespace(returncode=0))
+    out = tmp_path / "study"
+    args = ["run", "--out", str(out), "--seeds", "0", "--params", str(repo_root / "params.yaml"),
+            "--arm", "table", "model.action.action_embedding=table"]
+    assert runner.main([*args, "--train-only"]) == 0
+    assert [c[1] for c in calls] == ["train"]
+    calls.clear()
+    assert runner.main(args) == 0
+    assert [c[1] for c in calls] == ["eval"]  # fine-tuned before: only the evaluation runs
+    assert calls[0][calls[0].index("--policy") + 1] == str(out / "table" / "seed0" / "policy")
