@@ -42,6 +42,7 @@ def test_unknown_key_is_named(repo_root):
         ("kernel=triton", None),  # valid: a group switch
         ("tokenizer.resolution=96", "equal to env.resolution"),
         ("env.camera=ceiling", "env.camera='ceiling': expected one of"),
+        ("finetune.token_shift=-1", "finetune.token_shift=-1: expected a value >= 0"),
         ("model.action.action_embedding=onehot", "model.action.action_embedding='onehot': expected one of"),
     ],
 )

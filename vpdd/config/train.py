@@ -81,11 +81,15 @@ class FinetuneConfig(StageConfig):
     # its own samples) or "masked" (all [MASK] in training and sampling: the video network's features of the
     # current observation only, the same at training and test time). docs/training.md.
     foresight: str = "noised_truth"
+    # Random shift augmentation of the token grids, at most this many tokens in y and x (0: none; the history
+    # and target of a sequence move together): vpdd.train.datasets.
+    token_shift: int = 0
 
     def checks(self) -> list[Check]:
         return [
             *super().checks(),
             *positive(self, "demos_per_task"),
+            Check("token_shift", self.token_shift >= 0, "a value >= 0 (tokens)"),
             Check("foresight", self.foresight in FORESIGHT, f"one of {list(FORESIGHT)}"),
             Check("train", "action" in self.train, "a list containing 'action' (fine-tuning trains the policy)"),
         ]

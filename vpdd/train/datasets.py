@@ -16,7 +16,11 @@ A sequence is ``(history, target, actions, language)``:
 and the rest from robot pairs (all robot episodes, their actions ignored). **Fine-tuning**
 (:class:`FinetuneData`) uses the first ``demos_per_task`` episodes of each fine-tuning task (in seed
 order, as ``EpisodeStore.select``), spreads every micro-batch evenly over the tasks (the released code
-stacks one sequence per task), then picks a random demonstration and step per sequence.
+stacks one sequence per task), then picks a random demonstration and step per sequence. With
+``finetune.token_shift`` = s > 0 every training sequence's history and target grids move together by a
+random (dy, dx) in [-s, s] tokens, the edge tokens repeated into the space they leave: the behaviour-cloning
+baseline's random-shift augmentation (4 pixels there) in token units (one token is 4 x 4 pixels at the
+tiny preset). The evaluation batch is never shifted.
 
 Every batch is a pure function of ``(seed, rank, step, micro)``.
 """
@@ -60,6 +64,19 @@ def _rng(seed: int, rank: int, step: int, micro: int) -> np.random.Generator:
 
 def _flat(tokens: np.ndarray, rows: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(tokens[rows].reshape(len(rows), -1).astype(np.int64))
+
+
+def shift_grids(grids: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """(n, t, h, w) token grids, grid i moved by ``shifts[i]`` = (dy, dx) tokens (down / right for positive
+    values), the edge tokens repeated into the rows and columns it leaves."""
+    s = int(np.abs(shifts).max(initial=0))
+    if s == 0:
+        return grids
+    h, w = grids.shape[-2:]
+    if s >= min(h, w):
+        raise ValueError(f"token shift {s} is not smaller than the {h} x {w} token grid")
+    padded = np.pad(grids, [(0, 0), (0, 0), (s, s), (s, s)], mode="edge")
+    return np.stack([padded[i, :, s - dy : s - dy + h, s - dx : s - dx + w] for i, (dy, dx) in enumerate(shifts)])
 
 
 class _Pairs:
@@ -173,7 +190,8 @@ class FinetuneData(_PerTaskData):
     """Action-labelled robot sequences of the fine-tuning tasks, ``demos_per_task`` episodes each."""
 
     def __init__(self, cache: TokenCache, robot_root: str | Path, tasks: list[str], demos_per_task: int,
-                 future_offset: int, n_bins: int, chunk: int, discretizer: ActionDiscretizer | None = None):
+                 future_offset: int, n_bins: int, chunk: int, discretizer: ActionDiscretizer | None = None,
+                 token_shift: int = 0):
         from vpdd.data.episodes import EpisodeStore
 
         if "robot" not in cache:
@@ -214,13 +232,29 @@ class FinetuneData(_PerTaskData):
         task_of = np.asarray([self.tasks.index(src.items[e]["task"]) for e in self.pairs.item_of])
         self.rows_of_task = [np.flatnonzero(task_of == k) for k in range(len(self.tasks))]
         self.all_actions = np.concatenate(actions)
+        self.token_shift = int(token_shift)
+        h, w = src.tokens.shape[-2:]
+        if not 0 <= self.token_shift < min(h, w):
+            raise ValueError(f"finetune.token_shift={token_shift}: expected 0 <= shift < {min(h, w)} (the "
+                             f"{h} x {w} token grid of {cache.root})")
         log.info("fine-tuning data: %d tasks x %d demonstrations, %d sequences", len(tasks), demos_per_task,
                  len(self.pairs))
 
-    def _take(self, rows: np.ndarray) -> SequenceBatch:
+    def _take(self, rows: np.ndarray, shifts: np.ndarray | None = None) -> SequenceBatch:
         p = self.pairs
-        return SequenceBatch(_flat(p.source.tokens, p.hist[rows]), _flat(p.source.tokens, p.tgt[rows]),
-                             torch.from_numpy(self.action_bins[rows]), torch.from_numpy(self.ids[rows]))
+        if shifts is None:
+            hist, tgt = _flat(p.source.tokens, p.hist[rows]), _flat(p.source.tokens, p.tgt[rows])
+        else:
+            hist, tgt = (torch.from_numpy(shift_grids(p.source.tokens[r].astype(np.int64), shifts).reshape(len(r), -1))
+                         for r in (p.hist[rows], p.tgt[rows]))
+        return SequenceBatch(hist, tgt, torch.from_numpy(self.action_bins[rows]), torch.from_numpy(self.ids[rows]))
+
+    def batch(self, batch_size: int, seed: int, rank: int, step: int, micro: int) -> SequenceBatch:
+        rng = _rng(seed, rank, step, micro)
+        rows = self._spread(rng, batch_size)  # drawn first: the same rows with and without the shift
+        if not self.token_shift:
+            return self._take(rows)
+        return self._take(rows, rng.integers(-self.token_shift, self.token_shift + 1, size=(len(rows), 2)))
 
     def describe(self) -> dict[str, Any]:
         return {"tasks": self.tasks, "episodes": [str(e["path"]) for e in self.entries],

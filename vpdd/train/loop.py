@@ -153,7 +153,8 @@ def train_stage(
         if robot is None:
             raise ValueError("fine-tuning needs the robot episodes (their actions): pass --robot")
         data = FinetuneData(
-            cache, robot, list(cfg.data.robot.tasks), scfg.demos_per_task, scfg.future_offset, act.n_bins, act.chunk
+            cache, robot, list(cfg.data.robot.tasks), scfg.demos_per_task, scfg.future_offset, act.n_bins, act.chunk,
+            token_shift=scfg.token_shift,
         )
     else:
         data = PretrainData(cache, scfg, act.chunk * act.dim)
