@@ -65,12 +65,18 @@ def test_runs_on_other_scenes_or_a_missing_baseline_are_refused(tmp_path):
         study.read_study(tmp_path / "empty")
 
 
-def test_the_runner_skips_done_pairs_and_takes_reused_evaluations(tmp_path, repo_root, monkeypatch):
+def _load_runner(repo_root):
+    """benchmarks/finetune_seeds.py as a module."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("finetune_seeds", repo_root / "benchmarks" / "finetune_seeds.py")
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
+    return runner
+
+
+def test_the_runner_skips_done_pairs_and_takes_reused_evaluations(tmp_path, repo_root, monkeypatch):
+    runner = _load_runner(repo_root)
     src = tmp_path / "pipeline_eval"
     src.mkdir()
     for name in ("metrics.json", "episodes.json", "run.json"):
@@ -91,14 +97,11 @@ def test_the_runner_skips_done_pairs_and_takes_reused_evaluations(tmp_path, repo
 def test_eval_only_arms_share_one_fine_tuned_policy_per_seed(tmp_path, repo_root, monkeypatch):
     """Arms that change only eval.* settings act with the same policy: each seed fine-tunes once, into
     _shared/seed<k>, with none of the overrides; an arm that changes training has its own policy."""
-    import importlib.util
     import types
 
     import yaml
 
-    spec = importlib.util.spec_from_file_location("finetune_seeds", repo_root / "benchmarks" / "finetune_seeds.py")
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
+    runner = _load_runner(repo_root)
     calls = []
     monkeypatch.setattr(runner.subprocess, "run",
                         lambda cmd, **kw: calls.append(cmd) or types.SimpleNamespace(returncode=0))
@@ -120,12 +123,9 @@ def test_eval_only_arms_share_one_fine_tuned_policy_per_seed(tmp_path, repo_root
 
 
 def test_train_only_fine_tunes_and_a_later_run_evaluates_the_same_policies(tmp_path, repo_root, monkeypatch):
-    import importlib.util
     import types
 
-    spec = importlib.util.spec_from_file_location("finetune_seeds", repo_root / "benchmarks" / "finetune_seeds.py")
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
+    runner = _load_runner(repo_root)
     calls = []
     monkeypatch.setattr(runner.subprocess, "run",
                         lambda cmd, **kw: calls.append(cmd) or types.SimpleNamespace(returncode=0))
